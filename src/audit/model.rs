@@ -1,0 +1,85 @@
+//! The `audit_log` table.
+
+use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use crate::db::Conn;
+use crate::db::schema::audit_log;
+use crate::pagination::{Cursor, PageArgs};
+
+#[derive(Queryable, Selectable, Debug, Clone)]
+#[diesel(table_name = audit_log, check_for_backend(Pg))]
+pub struct AuditEntry {
+    pub id: Uuid,
+    pub actor_id: Option<Uuid>,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: Option<String>,
+    pub metadata: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl AuditEntry {
+    pub fn cursor(&self) -> Cursor {
+        Cursor::new(self.created_at, self.id)
+    }
+}
+
+#[derive(Insertable, Debug)]
+#[diesel(table_name = audit_log)]
+pub struct NewAuditEntry<'a> {
+    pub actor_id: Option<Uuid>,
+    pub action: &'a str,
+    pub target_type: &'a str,
+    pub target_id: Option<String>,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilter {
+    pub actor_id: Option<Uuid>,
+    pub action: Option<String>,
+}
+
+fn filtered(filter: &AuditFilter) -> audit_log::BoxedQuery<'static, Pg> {
+    let mut query = audit_log::table.into_boxed();
+    if let Some(actor) = filter.actor_id {
+        query = query.filter(audit_log::actor_id.eq(actor));
+    }
+    if let Some(action) = filter.action.clone() {
+        query = query.filter(audit_log::action.eq(action));
+    }
+    query
+}
+
+pub async fn insert(conn: &mut Conn, entry: &NewAuditEntry<'_>) -> QueryResult<()> {
+    diesel::insert_into(audit_log::table)
+        .values(entry)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+pub async fn list(conn: &mut Conn, filter: &AuditFilter, page: &PageArgs) -> QueryResult<Vec<AuditEntry>> {
+    let mut query = filtered(filter);
+    if let Some(after) = &page.after {
+        query = query.filter(
+            audit_log::created_at
+                .lt(after.created_at)
+                .or(audit_log::created_at.eq(after.created_at).and(audit_log::id.lt(after.id))),
+        );
+    }
+    query
+        .order((audit_log::created_at.desc(), audit_log::id.desc()))
+        .limit(page.first as i64 + 1)
+        .select(AuditEntry::as_select())
+        .load(conn)
+        .await
+}
+
+pub async fn count(conn: &mut Conn, filter: &AuditFilter) -> QueryResult<i64> {
+    filtered(filter).count().get_result(conn).await
+}

@@ -1,0 +1,93 @@
+//! The identity behind a request, judged by the user's current state in the database
+//! (active, role, session not revoked), never by the token's claims alone.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use crate::db::schema::{sessions, users};
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+use crate::users::model::Role;
+
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub user_id: Uuid,
+    pub role: Role,
+    pub session_id: Uuid,
+}
+
+impl Actor {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Administrator
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Identity {
+    Anonymous,
+    /// A token was sent but is malformed, expired, revoked, or its user is deactivated.
+    Invalid,
+    User(Actor),
+}
+
+impl Identity {
+    /// The signed-in user, or UNAUTHENTICATED.
+    pub fn actor(&self) -> AppResult<&Actor> {
+        match self {
+            Identity::User(actor) => Ok(actor),
+            Identity::Anonymous => Err(AppError::unauthenticated()),
+            Identity::Invalid => Err(AppError::Unauthenticated(
+                "the access token is invalid, expired or revoked".into(),
+            )),
+        }
+    }
+
+    /// A signed-in administrator, or UNAUTHENTICATED / FORBIDDEN.
+    pub fn admin(&self) -> AppResult<&Actor> {
+        let actor = self.actor()?;
+        if !actor.is_admin() {
+            return Err(AppError::Forbidden("administrators only".into()));
+        }
+        Ok(actor)
+    }
+}
+
+/// Resolves an `Authorization` header value (`Bearer <token>`).
+pub async fn resolve(state: &AppState, authorization: Option<&str>) -> AppResult<Identity> {
+    let Some(header) = authorization.map(str::trim).filter(|h| !h.is_empty()) else {
+        return Ok(Identity::Anonymous);
+    };
+    let Some(token) = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+    else {
+        return Ok(Identity::Invalid);
+    };
+    let claims = match state.jwt.verify(token) {
+        Ok(claims) => claims,
+        Err(e) => {
+            tracing::debug!(error = %e, "rejected access token");
+            return Ok(Identity::Invalid);
+        }
+    };
+    let mut conn = state.pool.get().await?;
+    let row: Option<(Role, bool, Option<DateTime<Utc>>)> = users::table
+        .inner_join(sessions::table)
+        .filter(users::id.eq(claims.sub))
+        .filter(sessions::id.eq(claims.sid))
+        .select((users::role, users::is_active, sessions::revoked_at))
+        .first(&mut conn)
+        .await
+        .optional()?;
+    Ok(match row {
+        Some((role, true, None)) => Identity::User(Actor {
+            user_id: claims.sub,
+            role,
+            session_id: claims.sid,
+        }),
+        _ => Identity::Invalid,
+    })
+}

@@ -1,0 +1,234 @@
+//! Sign-up, sign-in, token rotation and sign-out.
+
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection;
+use uuid::Uuid;
+use validator::Validate;
+
+use super::{Identity, model, new_opaque_token, password, token_hash};
+use crate::db::Conn;
+use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::state::{AppState, ClientInfo};
+use crate::users::model::{self as users, NewUser, Role, User, UserChanges};
+use crate::users::service::{AccountInput, PasswordInput};
+
+const REFRESH_TOKEN_PREFIX: &str = "pdr_";
+
+pub struct AuthTokens {
+    pub access_token: String,
+    pub access_token_expires_at: DateTime<Utc>,
+    pub refresh_token: String,
+    pub user: User,
+}
+
+pub async fn register(state: &AppState, input: AccountInput, client: &ClientInfo) -> AppResult<AuthTokens> {
+    throttle_ip(state, client)?;
+    let input = input.normalized();
+    input.validate()?;
+    let hash = password::hash(&input.password).await?;
+    let mut conn = state.pool.get().await?;
+    let (user, session_id, refresh_token) = conn
+        .transaction(async |conn| {
+            let user = users::insert(
+                conn,
+                &NewUser {
+                    name: &input.name,
+                    email: &input.email,
+                    password_hash: &hash,
+                    role: Role::User,
+                    is_active: true,
+                },
+            )
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    AppError::Conflict("an account with this email already exists".into())
+                } else {
+                    e.into()
+                }
+            })?;
+            let (session_id, refresh) = start_session(conn, state, user.id, client).await?;
+            Ok::<_, AppError>((user, session_id, refresh))
+        })
+        .await?;
+    tracing::info!(user_id = %user.id, "user registered");
+    tokens(state, user, session_id, refresh_token)
+}
+
+pub async fn login(state: &AppState, email: &str, password_attempt: &str, client: &ClientInfo) -> AppResult<AuthTokens> {
+    throttle_ip(state, client)?;
+    let email = email.trim().to_lowercase();
+    let email_key = format!("login:{email}");
+    state
+        .limits
+        .login_failures_per_email
+        .peek(&email_key)
+        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+
+    let mut conn = state.pool.get().await?;
+    let user = users::find_by_email(&mut conn, &email).await?;
+    // Unknown emails are checked against a dummy hash: same cost, same answer.
+    let ok = password::verify(password_attempt, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+    let user = match user {
+        Some(user) if ok => user,
+        _ => {
+            let _ = state.limits.login_failures_per_email.hit(&email_key);
+            tracing::info!(ip = ?client.ip, "failed login");
+            return Err(AppError::Unauthenticated("invalid email or password".into()));
+        }
+    };
+    if !user.is_active {
+        return Err(AppError::Forbidden("this account is deactivated".into()));
+    }
+    state.limits.login_failures_per_email.reset(&email_key);
+    let (session_id, refresh_token) = conn
+        .transaction(async |conn| {
+            users::touch_last_login(conn, user.id).await?;
+            start_session(conn, state, user.id, client).await
+        })
+        .await?;
+    tracing::info!(user_id = %user.id, "user logged in");
+    tokens(state, user, session_id, refresh_token)
+}
+
+enum Rotation {
+    Rotated { user: User, session_id: Uuid, refresh_token: String },
+    Reused { session_id: Uuid },
+    Refused(&'static str),
+}
+
+/// Exchanges a refresh token for a new pair. A token already exchanged is reuse: the
+/// whole session (family) is revoked, newest token included.
+pub async fn refresh(state: &AppState, token: &str) -> AppResult<AuthTokens> {
+    let hash = token_hash(token.trim());
+    let mut conn = state.pool.get().await?;
+    let outcome = conn
+        .transaction(async |conn| {
+            let Some((stored, session)) = model::find_token_for_update(conn, &hash).await? else {
+                return Ok::<_, AppError>(Rotation::Refused("unknown refresh token"));
+            };
+            if session.revoked_at.is_some() {
+                return Ok(Rotation::Refused("the session was revoked"));
+            }
+            if stored.rotated_at.is_some() {
+                model::revoke_session(conn, session.id, "refresh token reuse").await?;
+                return Ok(Rotation::Reused { session_id: session.id });
+            }
+            if stored.expires_at <= Utc::now() {
+                return Ok(Rotation::Refused("the refresh token expired"));
+            }
+            let user = users::find(conn, session.user_id).await?.ok_or_else(AppError::unauthenticated)?;
+            if !user.is_active {
+                model::revoke_session(conn, session.id, "user deactivated").await?;
+                return Ok(Rotation::Refused("the account is deactivated"));
+            }
+            model::mark_rotated(conn, stored.id).await?;
+            model::touch_session(conn, session.id).await?;
+            let refresh_token = issue_refresh_token(conn, state, session.id).await?;
+            Ok(Rotation::Rotated {
+                user,
+                session_id: session.id,
+                refresh_token,
+            })
+        })
+        .await?;
+    match outcome {
+        Rotation::Rotated {
+            user,
+            session_id,
+            refresh_token,
+        } => tokens(state, user, session_id, refresh_token),
+        Rotation::Reused { session_id } => {
+            tracing::warn!(%session_id, "refresh token reused: session revoked");
+            Err(AppError::Unauthenticated(
+                "this refresh token was already used; the session has been revoked".into(),
+            ))
+        }
+        Rotation::Refused(why) => Err(AppError::Unauthenticated(format!("{why}; sign in again"))),
+    }
+}
+
+/// Revokes the session the refresh token belongs to. Unknown tokens are fine: the outcome is the same.
+pub async fn logout(state: &AppState, token: &str) -> AppResult<()> {
+    let hash = token_hash(token.trim());
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        if let Some((_, session)) = model::find_token_for_update(conn, &hash).await? {
+            model::revoke_session(conn, session.id, "logout").await?;
+        }
+        Ok::<_, AppError>(())
+    })
+    .await
+}
+
+/// Revokes every session of the signed-in user; returns how many were live.
+pub async fn logout_all(state: &AppState, identity: &Identity) -> AppResult<i64> {
+    let actor = identity.actor()?;
+    let mut conn = state.pool.get().await?;
+    let n = model::revoke_user_sessions(&mut conn, &[actor.user_id], None, "logout all").await?;
+    Ok(n as i64)
+}
+
+/// Changes the password after checking the current one; other sessions are signed out.
+pub async fn change_password(state: &AppState, identity: &Identity, current: &str, new: PasswordInput) -> AppResult<()> {
+    let actor = identity.actor()?;
+    new.validate()?;
+    let mut conn = state.pool.get().await?;
+    let user = users::find(&mut conn, actor.user_id).await?.ok_or_else(AppError::unauthenticated)?;
+    if !password::verify(current, Some(&user.password_hash)).await? {
+        return Err(AppError::field("currentPassword", "is incorrect"));
+    }
+    let hash = password::hash(&new.new_password).await?;
+    conn.transaction(async |conn| {
+        users::update(
+            conn,
+            user.id,
+            &UserChanges {
+                password_hash: Some(hash),
+                updated_at: Some(Utc::now()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        model::revoke_user_sessions(conn, &[user.id], Some(actor.session_id), "password changed").await?;
+        Ok::<_, AppError>(())
+    })
+    .await?;
+    tracing::info!(user_id = %user.id, "password changed");
+    Ok(())
+}
+
+fn throttle_ip(state: &AppState, client: &ClientInfo) -> AppResult<()> {
+    let key = client.ip.as_deref().unwrap_or("unknown");
+    state
+        .limits
+        .login_attempts_per_ip
+        .hit(key)
+        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
+}
+
+async fn start_session(conn: &mut Conn, state: &AppState, user_id: Uuid, client: &ClientInfo) -> AppResult<(Uuid, String)> {
+    let session_id = model::create_session(conn, user_id, client).await?;
+    let refresh = issue_refresh_token(conn, state, session_id).await?;
+    Ok((session_id, refresh))
+}
+
+async fn issue_refresh_token(conn: &mut Conn, state: &AppState, session_id: Uuid) -> AppResult<String> {
+    let token = new_opaque_token(REFRESH_TOKEN_PREFIX);
+    let ttl = chrono::Duration::from_std(state.settings.refresh_token_ttl).map_err(AppError::internal)?;
+    model::insert_refresh_token(conn, session_id, &token_hash(&token), Utc::now() + ttl).await?;
+    Ok(token)
+}
+
+fn tokens(state: &AppState, user: User, session_id: Uuid, refresh_token: String) -> AppResult<AuthTokens> {
+    let (access_token, access_token_expires_at) = state
+        .jwt
+        .issue(user.id, user.role.as_str(), session_id)
+        .map_err(AppError::internal)?;
+    Ok(AuthTokens {
+        access_token,
+        access_token_expires_at,
+        refresh_token,
+        user,
+    })
+}

@@ -1,0 +1,223 @@
+//! Typed settings from environment variables (and an optional `.env`, loaded by `main`).
+//! Every variable is documented in the README; a bad value names its variable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// `None` means the embedded default: a private PostgreSQL cluster under `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    /// `None` is only allowed in the embedded default, which generates and keeps one.
+    pub jwt_secret: Option<String>,
+    pub public_url: String,
+    pub base_domain: String,
+    pub log_format: LogFormat,
+    pub workers: usize,
+    pub db_pool_size: u32,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub max_query_depth: usize,
+    pub max_query_complexity: usize,
+    pub max_body_bytes: usize,
+    pub introspection: bool,
+    pub cors_origins: Vec<String>,
+    pub trust_proxy: bool,
+    pub rate_limit_per_ip: u32,
+    pub rate_limit_per_user: u32,
+    pub rate_limit_window: Duration,
+    pub login_max_failures_per_email: u32,
+    pub login_max_attempts_per_ip: u32,
+    pub login_window: Duration,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads settings from any set of variables (tests pass their own).
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let env = Env(vars
+            .into_iter()
+            .filter(|(_, v)| !v.trim().is_empty())
+            .collect());
+        let listen: SocketAddr = env.parse("PODIUM_LISTEN", "127.0.0.1:8080".parse().unwrap())?;
+        let jwt_secret = env.get("PODIUM_JWT_SECRET");
+        if let Some(secret) = &jwt_secret
+            && secret.len() < 32
+        {
+            return Err(ConfigError {
+                var: "PODIUM_JWT_SECRET",
+                message: "must be at least 32 characters".into(),
+            });
+        }
+        let database_url = env.get("DATABASE_URL");
+        if let Some(url) = &database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError {
+                    var: "DATABASE_URL",
+                    message: "must be a postgres:// or postgresql:// URL".into(),
+                });
+            }
+            if jwt_secret.is_none() {
+                return Err(ConfigError {
+                    var: "PODIUM_JWT_SECRET",
+                    message: "is required when DATABASE_URL is set (generate one with `openssl rand -hex 32`)".into(),
+                });
+            }
+        }
+        let log_format = match env.get("PODIUM_LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(_) => {
+                return Err(ConfigError {
+                    var: "PODIUM_LOG_FORMAT",
+                    message: "must be `pretty` or `json`".into(),
+                });
+            }
+        };
+        let public_url = env
+            .get("PODIUM_PUBLIC_URL")
+            .unwrap_or_else(|| format!("http://{listen}"));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            return Err(ConfigError {
+                var: "PODIUM_PUBLIC_URL",
+                message: "must start with http:// or https://".into(),
+            });
+        }
+        let cors_origins = env
+            .get("PODIUM_CORS_ORIGINS")
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().trim_end_matches('/').to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let default_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Settings {
+            listen,
+            database_url,
+            data_dir: PathBuf::from(env.get("PODIUM_DATA_DIR").unwrap_or_else(|| "./.data".into())),
+            jwt_secret,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            base_domain: env
+                .get("PODIUM_BASE_DOMAIN")
+                .unwrap_or_else(|| "apps.localhost".into()),
+            log_format,
+            workers: env.positive("PODIUM_WORKERS", default_workers)?,
+            db_pool_size: env.positive("PODIUM_DB_POOL_SIZE", 10)?,
+            access_token_ttl: Duration::from_secs(env.positive("PODIUM_ACCESS_TOKEN_TTL_SECS", 900)?),
+            refresh_token_ttl: Duration::from_secs(
+                env.positive("PODIUM_REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?,
+            ),
+            max_query_depth: env.positive("PODIUM_MAX_QUERY_DEPTH", 12)?,
+            max_query_complexity: env.positive("PODIUM_MAX_QUERY_COMPLEXITY", 1000)?,
+            max_body_bytes: env.positive("PODIUM_MAX_BODY_BYTES", 1024 * 1024)?,
+            introspection: env.parse("PODIUM_INTROSPECTION", true)?,
+            cors_origins,
+            trust_proxy: env.parse("PODIUM_TRUST_PROXY", false)?,
+            rate_limit_per_ip: env.positive("PODIUM_RATE_LIMIT_PER_IP", 600)?,
+            rate_limit_per_user: env.positive("PODIUM_RATE_LIMIT_PER_USER", 300)?,
+            rate_limit_window: Duration::from_secs(env.positive("PODIUM_RATE_LIMIT_WINDOW_SECS", 60)?),
+            login_max_failures_per_email: env.positive("PODIUM_LOGIN_MAX_FAILURES_PER_EMAIL", 5)?,
+            login_max_attempts_per_ip: env.positive("PODIUM_LOGIN_MAX_ATTEMPTS_PER_IP", 30)?,
+            login_window: Duration::from_secs(env.positive("PODIUM_LOGIN_WINDOW_SECS", 900)?),
+        })
+    }
+
+    /// The embedded default runs when no external database is configured.
+    pub fn is_embedded(&self) -> bool {
+        self.database_url.is_none()
+    }
+}
+
+struct Env(HashMap<String, String>);
+
+impl Env {
+    fn get(&self, var: &str) -> Option<String> {
+        self.0.get(var).map(|v| v.trim().to_string())
+    }
+
+    fn parse<T: FromStr>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e: T::Err| ConfigError {
+                var,
+                message: format!("cannot parse {raw:?}: {e}"),
+            }),
+        }
+    }
+
+    fn positive<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Default + Copy,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse(var, default)?;
+        if value <= T::default() {
+            return Err(ConfigError {
+                var,
+                message: "must be greater than zero".into(),
+            });
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert!(s.is_embedded());
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.access_token_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn external_database_requires_a_jwt_secret() {
+        let err = Settings::from_vars(vars(&[("DATABASE_URL", "postgres://x@localhost/db")])).unwrap_err();
+        assert_eq!(err.var, "PODIUM_JWT_SECRET");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let err = Settings::from_vars(vars(&[("PODIUM_LISTEN", "nope")])).unwrap_err();
+        assert_eq!(err.var, "PODIUM_LISTEN");
+        let err = Settings::from_vars(vars(&[("PODIUM_DB_POOL_SIZE", "0")])).unwrap_err();
+        assert_eq!(err.var, "PODIUM_DB_POOL_SIZE");
+    }
+}

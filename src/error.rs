@@ -1,0 +1,199 @@
+//! One error type for the service layer. It becomes a GraphQL error carrying
+//! `extensions.code`; internal causes are logged, never sent to the client.
+
+use std::collections::BTreeMap;
+
+use async_graphql::ErrorExtensions;
+
+pub type AppResult<T> = Result<T, AppError>;
+
+/// Field name (as the client spelled it, camelCase) -> messages.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+// Deliberately not `Display`: async-graphql converts any `Display` error by its text
+// alone, which would drop the code. `From<AppError>` below keeps it.
+#[derive(Debug)]
+pub enum AppError {
+    Unauthenticated(String),
+    Forbidden(String),
+    NotFound(String),
+    BadUserInput { message: String, fields: FieldErrors },
+    Conflict(String),
+    PaymentRequired(String),
+    RateLimited { retry_after_secs: u64 },
+    /// The cause is logged, never sent.
+    Internal(anyhow::Error),
+}
+
+impl AppError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Unauthenticated(_) => "UNAUTHENTICATED",
+            AppError::Forbidden(_) => "FORBIDDEN",
+            AppError::NotFound(_) => "NOT_FOUND",
+            AppError::BadUserInput { .. } => "BAD_USER_INPUT",
+            AppError::Conflict(_) => "CONFLICT",
+            AppError::PaymentRequired(_) => "PAYMENT_REQUIRED",
+            AppError::RateLimited { .. } => "RATE_LIMITED",
+            AppError::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// What the client is told.
+    pub fn message(&self) -> String {
+        match self {
+            AppError::Unauthenticated(m)
+            | AppError::Forbidden(m)
+            | AppError::NotFound(m)
+            | AppError::Conflict(m)
+            | AppError::PaymentRequired(m) => m.clone(),
+            AppError::BadUserInput { message, .. } => message.clone(),
+            AppError::RateLimited { retry_after_secs } => {
+                format!("too many requests, retry in {retry_after_secs} s")
+            }
+            AppError::Internal(_) => "internal error".into(),
+        }
+    }
+
+    pub fn unauthenticated() -> Self {
+        AppError::Unauthenticated("authentication required".into())
+    }
+
+    pub fn forbidden() -> Self {
+        AppError::Forbidden("you are not allowed to do this".into())
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        AppError::NotFound(format!("{what} not found"))
+    }
+
+    /// A single-field validation error.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        AppError::BadUserInput {
+            message: format!("{field}: {message}"),
+            fields: BTreeMap::from([(field.to_string(), vec![message])]),
+        }
+    }
+
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        AppError::Internal(cause.into())
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(e: diesel::result::Error) -> Self {
+        match e {
+            diesel::result::Error::NotFound => AppError::NotFound("not found".into()),
+            other => AppError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<crate::db::PoolError> for AppError {
+    fn from(e: crate::db::PoolError) -> Self {
+        AppError::Internal(anyhow::anyhow!("database pool: {e}"))
+    }
+}
+
+impl From<validator::ValidationErrors> for AppError {
+    fn from(errors: validator::ValidationErrors) -> Self {
+        let mut fields = FieldErrors::new();
+        for (field, errs) in errors.field_errors() {
+            let messages = errs
+                .iter()
+                .map(|e| {
+                    e.message
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| format!("is invalid ({})", e.code))
+                })
+                .collect();
+            fields.insert(camel_case(&field), messages);
+        }
+        let summary = fields
+            .iter()
+            .map(|(f, m)| format!("{f}: {}", m.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        AppError::BadUserInput {
+            message: format!("invalid input: {summary}"),
+            fields,
+        }
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(e: AppError) -> Self {
+        e.extend()
+    }
+}
+
+impl ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        if let AppError::Internal(cause) = self {
+            // Logged inside the request's span, so the line carries its request id.
+            tracing::error!(error = ?cause, "internal error");
+        }
+        async_graphql::Error::new(self.message()).extend_with(|_, ext| {
+            ext.set("code", self.code());
+            match self {
+                AppError::BadUserInput { fields, .. } => {
+                    let mut map = async_graphql::indexmap::IndexMap::new();
+                    for (field, messages) in fields {
+                        map.insert(
+                            async_graphql::Name::new(field),
+                            async_graphql::Value::List(
+                                messages.iter().map(|m| async_graphql::Value::from(m.as_str())).collect(),
+                            ),
+                        );
+                    }
+                    ext.set("fields", async_graphql::Value::Object(map));
+                }
+                AppError::RateLimited { retry_after_secs } => ext.set("retryAfter", *retry_after_secs),
+                _ => {}
+            }
+        })
+    }
+}
+
+fn camel_case(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = false;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether a database error is a unique-key violation (a duplicate).
+pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camel_cases_field_names() {
+        assert_eq!(camel_case("new_password"), "newPassword");
+        assert_eq!(camel_case("email"), "email");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let e: async_graphql::Error = AppError::internal(anyhow::anyhow!("secret detail")).into();
+        assert_eq!(e.message, "internal error");
+    }
+}

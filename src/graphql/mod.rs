@@ -1,0 +1,130 @@
+//! Schema assembly, request context helpers and the actix handlers.
+
+pub mod handlers;
+
+use async_graphql::connection::{Connection, Edge, EmptyFields};
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, ID, MergedObject, MergedSubscription, OutputType, Schema, SimpleObject};
+use uuid::Uuid;
+
+use crate::auth::Identity;
+use crate::config::Settings;
+use crate::error::{AppError, AppResult};
+use crate::pagination::{Cursor, Page};
+use crate::state::{AppState, ClientInfo};
+use crate::users::graphql::UserLoader;
+
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(crate::users::graphql::UsersQuery, crate::audit::graphql::AuditQuery);
+
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(crate::auth::graphql::AuthMutation, crate::users::graphql::UsersMutation);
+
+#[derive(MergedSubscription, Default)]
+pub struct SubscriptionRoot(crate::users::graphql::UsersSubscription);
+
+pub type PodiumSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// Limits for the schema; the schema is built once and shared by every worker.
+#[derive(Clone, Copy, Debug)]
+pub struct SchemaLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub introspection: bool,
+}
+
+impl From<&Settings> for SchemaLimits {
+    fn from(s: &Settings) -> Self {
+        SchemaLimits {
+            max_depth: s.max_query_depth,
+            max_complexity: s.max_query_complexity,
+            introspection: s.introspection,
+        }
+    }
+}
+
+pub fn build_schema(limits: SchemaLimits) -> PodiumSchema {
+    let builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity);
+    if limits.introspection {
+        builder.finish()
+    } else {
+        builder.disable_introspection().finish()
+    }
+}
+
+/// The SDL with sorted fields: what `schema.graphql` holds.
+pub fn sdl() -> String {
+    let schema = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default()).finish();
+    schema.sdl_with_options(
+        async_graphql::SDLExportOptions::new()
+            .sorted_fields()
+            .sorted_arguments()
+            .sorted_enum_items(),
+    )
+}
+
+/// Per-request data every resolver can reach.
+pub fn request_data(state: &AppState, identity: Identity, client: ClientInfo) -> async_graphql::Data {
+    let mut data = async_graphql::Data::default();
+    data.insert(state.clone());
+    data.insert(identity);
+    data.insert(client);
+    data.insert(DataLoader::new(UserLoader::new(state.clone()), tokio::spawn));
+    data
+}
+
+/// Shorthands for the data `request_data` puts in every request.
+pub trait ContextExt {
+    fn state(&self) -> &AppState;
+    fn identity(&self) -> &Identity;
+    fn client(&self) -> &ClientInfo;
+}
+
+impl ContextExt for Context<'_> {
+    fn state(&self) -> &AppState {
+        self.data_unchecked::<AppState>()
+    }
+    fn identity(&self) -> &Identity {
+        self.data_unchecked::<Identity>()
+    }
+    fn client(&self) -> &ClientInfo {
+        self.data_unchecked::<ClientInfo>()
+    }
+}
+
+/// Parses a GraphQL `ID` argument as a UUID, naming the argument when it is not one.
+pub fn parse_id(field: &str, id: &ID) -> AppResult<Uuid> {
+    id.parse::<Uuid>()
+        .map_err(|_| AppError::field(field, "is not a valid ID"))
+}
+
+#[derive(SimpleObject)]
+pub struct TotalCount {
+    /// How many items the whole list holds, across all pages.
+    pub total_count: i64,
+}
+
+pub type PodiumConnection<N> = Connection<String, N, TotalCount, EmptyFields>;
+
+/// A Relay connection from a service page.
+pub fn connection<T, N: OutputType>(
+    page: Page<T>,
+    cursor: impl Fn(&T) -> Cursor,
+    node: impl Fn(T) -> N,
+) -> PodiumConnection<N> {
+    let mut conn = Connection::with_additional_fields(
+        false,
+        page.has_next_page,
+        TotalCount {
+            total_count: page.total_count,
+        },
+    );
+    conn.edges.extend(
+        page.items
+            .into_iter()
+            .map(|item| Edge::new(cursor(&item).encode(), node(item))),
+    );
+    conn
+}

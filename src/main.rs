@@ -1,0 +1,119 @@
+//! The `podium` binary: serve (default) | migrate | seed | print-schema.
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use podium::config::Settings;
+use podium::db::embedded::{EmbeddedPostgres, write_private};
+use podium::startup::Application;
+use podium::{db, graphql, seed, telemetry};
+
+#[derive(Parser)]
+#[command(name = "podium", version, about = "GraphQL API server for managed app instances")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server (the default). With no DATABASE_URL, runs the embedded default.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Load the seed data (demo accounts) idempotently and exit.
+    Seed,
+    /// Print the GraphQL schema (SDL) and exit.
+    PrintSchema,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::PrintSchema) = cli.command {
+        print!("{}", graphql::sdl());
+        return Ok(());
+    }
+    let _ = dotenvy::dotenv();
+    let settings = Settings::from_env()?;
+    telemetry::init(settings.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let command = cli.command.unwrap_or(Command::Serve);
+            let (settings, embedded) = resolve_database(settings).await?;
+            let result = match command {
+                Command::Serve => serve(settings, embedded.as_ref()).await,
+                Command::Migrate => {
+                    let url = settings.database_url.as_deref().expect("resolved");
+                    let applied = db::migrate::run(url).await?;
+                    println!("applied {applied} migration(s)");
+                    Ok(())
+                }
+                Command::Seed => {
+                    let url = settings.database_url.as_deref().expect("resolved");
+                    db::migrate::run(url).await?;
+                    let pool = db::connect_pool(url, 2).await?;
+                    let created = seed::run(&pool).await?;
+                    println!("seeded; new accounts: {created:?}");
+                    Ok(())
+                }
+                Command::PrintSchema => unreachable!(),
+            };
+            if let Some(pg) = embedded {
+                pg.stop().await;
+            }
+            result
+        })
+}
+
+/// With no DATABASE_URL, starts the embedded PostgreSQL and uses (or creates) the
+/// JWT secret kept in the data directory.
+async fn resolve_database(mut settings: Settings) -> anyhow::Result<(Settings, Option<EmbeddedPostgres>)> {
+    if !settings.is_embedded() {
+        return Ok((settings, None));
+    }
+    tracing::warn!(
+        data_dir = %settings.data_dir.display(),
+        "no DATABASE_URL: running the embedded default (private PostgreSQL in the data directory)"
+    );
+    let pg = EmbeddedPostgres::start(&settings.data_dir).await?;
+    settings.database_url = Some(pg.database_url());
+    if settings.jwt_secret.is_none() {
+        settings.jwt_secret = Some(embedded_jwt_secret(&settings.data_dir)?);
+    }
+    Ok((settings, Some(pg)))
+}
+
+fn embedded_jwt_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("jwt-secret");
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        return Ok(secret.trim().to_string());
+    }
+    let secret = podium::auth::new_opaque_token("");
+    write_private(&path, &secret).context("keeping the generated JWT secret")?;
+    Ok(secret)
+}
+
+async fn serve(settings: Settings, embedded: Option<&EmbeddedPostgres>) -> anyhow::Result<()> {
+    let data_dir = settings.data_dir.clone();
+    let app = Application::build(settings).await?;
+    // Demo accounts only in the embedded default, once; `podium seed` loads them elsewhere.
+    if embedded.is_some() {
+        let marker = data_dir.join("seeded");
+        if !marker.exists() {
+            seed::run(&app.state().pool).await?;
+            std::fs::write(&marker, "demo data loaded\n")?;
+            println!("\nPodium demo data loaded. Demo logins:\n{}\n", seed::demo_logins());
+        }
+    }
+    tracing::info!(
+        url = %format!("{}/graphql", app.state().settings.public_url),
+        port = app.port(),
+        "Podium is listening"
+    );
+    app.run_until_stopped().await?;
+    tracing::info!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Keyset pagination shared by every list: `first` (1..=100, default 20) and an opaque
+//! `after` cursor encoding (created_at, id) of the last row seen.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+pub const MAX_PAGE_SIZE: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    pub fn new(created_at: DateTime<Utc>, id: Uuid) -> Self {
+        Cursor { created_at, id }
+    }
+
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.created_at.timestamp_micros(), self.id))
+    }
+
+    pub fn decode(s: &str) -> AppResult<Self> {
+        let bad = || AppError::field("after", "is not a valid cursor");
+        let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
+        let raw = String::from_utf8(raw).map_err(|_| bad())?;
+        let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
+        let created_at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+        Ok(Cursor {
+            created_at,
+            id: id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PageArgs {
+    pub first: usize,
+    pub after: Option<Cursor>,
+}
+
+impl PageArgs {
+    pub fn new(first: Option<i32>, after: Option<&str>) -> AppResult<Self> {
+        let first = match first {
+            None => DEFAULT_PAGE_SIZE,
+            Some(n) if (1..=MAX_PAGE_SIZE as i32).contains(&n) => n as usize,
+            Some(_) => return Err(AppError::field("first", format!("must be between 1 and {MAX_PAGE_SIZE}"))),
+        };
+        let after = after.map(Cursor::decode).transpose()?;
+        Ok(PageArgs { first, after })
+    }
+}
+
+/// One page of a list, with the total of the whole (filtered) list.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub has_next_page: bool,
+    pub total_count: i64,
+}
+
+impl<T> Page<T> {
+    /// `rows` was fetched with one extra row beyond `args.first`.
+    pub fn from_rows(mut rows: Vec<T>, args: &PageArgs, total_count: i64) -> Self {
+        let has_next_page = rows.len() > args.first;
+        rows.truncate(args.first);
+        Page {
+            items: rows,
+            has_next_page,
+            total_count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips() {
+        let c = Cursor::new(DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), Uuid::new_v4());
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        assert!(Cursor::decode("garbage!").is_err());
+    }
+
+    #[test]
+    fn page_size_is_bounded() {
+        assert_eq!(PageArgs::new(None, None).unwrap().first, 20);
+        assert!(PageArgs::new(Some(0), None).is_err());
+        assert!(PageArgs::new(Some(101), None).is_err());
+    }
+}

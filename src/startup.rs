@@ -1,0 +1,118 @@
+//! Builds the application: migrations, pool, schema (once), and the bound HTTP server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_cors::Cors;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, guard, http::header, web};
+use anyhow::Context;
+use tracing_actix_web::TracingLogger;
+
+use crate::auth::{jwt::JwtKeys, password};
+use crate::config::Settings;
+use crate::db::{self, migrate};
+use crate::graphql::{self, PodiumSchema, SchemaLimits, handlers};
+use crate::http;
+use crate::ratelimit::Limits;
+use crate::state::AppState;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: AppState,
+}
+
+impl Application {
+    /// Migrates the database and binds the listener (`PODIUM_LISTEN`; port 0 picks a free one).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let url = settings
+            .database_url
+            .clone()
+            .context("no database URL: set DATABASE_URL or use the embedded default")?;
+        let secret = settings
+            .jwt_secret
+            .clone()
+            .context("PODIUM_JWT_SECRET is required")?;
+        let applied = migrate::run(&url).await?;
+        if applied > 0 {
+            tracing::info!(applied, "database migrations applied");
+        }
+        let pool = db::connect_pool(&url, settings.db_pool_size).await?;
+        tokio::task::spawn_blocking(password::warm_up);
+
+        let state = AppState {
+            pool,
+            jwt: JwtKeys::new(&secret, settings.access_token_ttl),
+            limits: Arc::new(Limits::from_settings(&settings)),
+            latest_migration: migrate::latest_version().into(),
+            settings: Arc::new(settings),
+        };
+        let schema = graphql::build_schema(SchemaLimits::from(state.settings.as_ref()));
+        let listener = TcpListener::bind(state.settings.listen)
+            .with_context(|| format!("binding PODIUM_LISTEN={}", state.settings.listen))?;
+        let port = listener.local_addr()?.port();
+        let server = serve(listener, state.clone(), schema)?;
+        Ok(Application { port, server, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT/SIGTERM (graceful: in-flight requests finish) or `handle().stop()`.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn serve(listener: TcpListener, state: AppState, schema: PodiumSchema) -> anyhow::Result<Server> {
+    let settings = state.settings.clone();
+    let workers = settings.workers;
+    let state = web::Data::new(state);
+    let schema = web::Data::new(schema);
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(cors(&settings.cors_origins))
+            .wrap(http::security_headers())
+            .wrap(TracingLogger::default())
+            .app_data(state.clone())
+            .app_data(schema.clone())
+            .app_data(web::PayloadConfig::new(settings.max_body_bytes))
+            .route("/healthz", web::get().to(http::healthz))
+            .route("/readyz", web::get().to(http::readyz))
+            .service(
+                web::resource("/graphql")
+                    .route(web::post().to(handlers::graphql))
+                    .route(
+                        web::get()
+                            .guard(guard::Header("upgrade", "websocket"))
+                            .to(handlers::graphql_ws),
+                    )
+                    .route(web::get().to(handlers::graphiql)),
+            )
+    })
+    .workers(workers)
+    .shutdown_timeout(10)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// Cross-origin requests only from the configured allowlist (none by default).
+fn cors(origins: &[String]) -> Cors {
+    origins
+        .iter()
+        .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin))
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(3600)
+}

@@ -1,0 +1,25 @@
+//! What every request handler and service function shares.
+
+use std::sync::Arc;
+
+use crate::auth::jwt::JwtKeys;
+use crate::config::Settings;
+use crate::db::DbPool;
+use crate::ratelimit::Limits;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: DbPool,
+    pub jwt: JwtKeys,
+    pub settings: Arc<Settings>,
+    pub limits: Arc<Limits>,
+    /// The newest embedded migration: `/readyz` checks the database has it.
+    pub latest_migration: Arc<str>,
+}
+
+/// Who is calling from where: for sessions, throttling and the audit trail.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}

@@ -1,0 +1,5 @@
+//! Users: profiles and the administrators' user management.
+
+pub mod graphql;
+pub mod model;
+pub mod service;

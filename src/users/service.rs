@@ -1,0 +1,316 @@
+//! Profiles and administrators' user management. Authorization is checked here, not
+//! only in resolvers; every admin mutation writes its audit row in the same transaction.
+
+use chrono::Utc;
+use diesel::sql_types::BigInt;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde_json::json;
+use uuid::Uuid;
+use validator::{Validate, ValidationError};
+
+use super::model::{self, NewUser, Role, User, UserChanges, UserFilter, UserStats};
+use crate::audit;
+use crate::auth::model as sessions;
+use crate::auth::{Identity, password};
+use crate::db::Conn;
+use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::pagination::{Page, PageArgs};
+use crate::state::AppState;
+
+/// Serializes changes to the set of active administrators (see `ensure_an_admin_remains`).
+const ADMIN_SET_LOCK_KEY: i64 = 0x0070_6f64_6164_6d00;
+
+pub fn validate_password(password: &str) -> Result<(), ValidationError> {
+    let long_enough = password.chars().count() >= 10;
+    let has_letter = password.chars().any(char::is_alphabetic);
+    let has_digit = password.chars().any(|c| c.is_ascii_digit());
+    if long_enough && has_letter && has_digit && password.len() <= 256 {
+        Ok(())
+    } else {
+        Err(ValidationError::new("password")
+            .with_message("must be 10 to 256 characters with at least one letter and one digit".into()))
+    }
+}
+
+/// Name, email and password of a new account (self-registered or created by an administrator).
+#[derive(Debug, Clone, Validate)]
+pub struct AccountInput {
+    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    pub name: String,
+    #[validate(email(message = "must be a valid email address"), length(max = 254, message = "is too long"))]
+    pub email: String,
+    #[validate(custom(function = "validate_password"))]
+    pub password: String,
+}
+
+impl AccountInput {
+    pub fn normalized(self) -> Self {
+        AccountInput {
+            name: self.name.trim().to_string(),
+            email: self.email.trim().to_lowercase(),
+            password: self.password,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Validate)]
+pub struct PasswordInput {
+    #[validate(custom(function = "validate_password"))]
+    pub new_password: String,
+}
+
+#[derive(Debug, Clone, Default, Validate)]
+pub struct UserUpdate {
+    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    pub name: Option<String>,
+    #[validate(email(message = "must be a valid email address"), length(max = 254, message = "is too long"))]
+    pub email: Option<String>,
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
+}
+
+impl UserUpdate {
+    fn normalized(self) -> Self {
+        UserUpdate {
+            name: self.name.map(|n| n.trim().to_string()),
+            email: self.email.map(|e| e.trim().to_lowercase()),
+            ..self
+        }
+    }
+
+    fn changes(&self) -> UserChanges {
+        UserChanges {
+            name: self.name.clone(),
+            email: self.email.clone(),
+            role: self.role,
+            is_active: self.is_active,
+            updated_at: Some(Utc::now()),
+            ..Default::default()
+        }
+    }
+
+    /// What changed, for the audit trail.
+    fn audit_metadata(&self) -> serde_json::Value {
+        json!({ "name": self.name, "email": self.email, "role": self.role, "isActive": self.is_active })
+    }
+}
+
+pub async fn me(state: &AppState, identity: &Identity) -> AppResult<User> {
+    let actor = identity.actor()?;
+    let mut conn = state.pool.get().await?;
+    model::find(&mut conn, actor.user_id).await?.ok_or_else(AppError::unauthenticated)
+}
+
+pub async fn update_profile(state: &AppState, identity: &Identity, name: String) -> AppResult<User> {
+    let actor = identity.actor()?;
+    let update = UserUpdate {
+        name: Some(name),
+        ..Default::default()
+    }
+    .normalized();
+    update.validate()?;
+    let mut conn = state.pool.get().await?;
+    model::update(&mut conn, actor.user_id, &update.changes())
+        .await?
+        .ok_or_else(AppError::unauthenticated)
+}
+
+pub async fn list(state: &AppState, identity: &Identity, filter: UserFilter, page: PageArgs) -> AppResult<Page<User>> {
+    identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    let rows = model::list(&mut conn, &filter, &page).await?;
+    let total = model::count(&mut conn, &filter).await?;
+    Ok(Page::from_rows(rows, &page, total))
+}
+
+pub async fn get(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<User> {
+    identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    model::find(&mut conn, id).await?.ok_or_else(|| AppError::not_found("user"))
+}
+
+pub async fn stats(state: &AppState, identity: &Identity) -> AppResult<UserStats> {
+    identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    Ok(model::stats(&mut conn).await?)
+}
+
+pub async fn create(
+    state: &AppState,
+    identity: &Identity,
+    input: AccountInput,
+    role: Role,
+    is_active: bool,
+) -> AppResult<User> {
+    let actor = identity.admin()?;
+    let input = input.normalized();
+    input.validate()?;
+    let hash = password::hash(&input.password).await?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let user = model::insert(
+            conn,
+            &NewUser {
+                name: &input.name,
+                email: &input.email,
+                password_hash: &hash,
+                role,
+                is_active,
+            },
+        )
+        .await
+        .map_err(email_conflict)?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "user.create",
+            "User",
+            user.id,
+            json!({ "email": user.email, "role": role, "isActive": is_active }),
+        )
+        .await?;
+        Ok(user)
+    })
+    .await
+}
+
+pub async fn update(state: &AppState, identity: &Identity, id: Uuid, update: UserUpdate) -> AppResult<User> {
+    let actor = identity.admin()?;
+    let update = update.normalized();
+    update.validate()?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        lock_admin_set(conn).await?;
+        let user = model::update(conn, id, &update.changes())
+            .await
+            .map_err(email_conflict)?
+            .ok_or_else(|| AppError::not_found("user"))?;
+        ensure_an_admin_remains(conn).await?;
+        if update.is_active == Some(false) {
+            sessions::revoke_user_sessions(conn, &[id], None, "user deactivated").await?;
+        }
+        audit::record(conn, actor.user_id, "user.update", "User", id, update.audit_metadata()).await?;
+        Ok(user)
+    })
+    .await
+}
+
+pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<()> {
+    let actor = identity.admin()?;
+    if id == actor.user_id {
+        return Err(AppError::Forbidden("you cannot delete your own account".into()));
+    }
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        lock_admin_set(conn).await?;
+        let user = model::find(conn, id).await?.ok_or_else(|| AppError::not_found("user"))?;
+        model::delete(conn, id).await?;
+        ensure_an_admin_remains(conn).await?;
+        audit::record(conn, actor.user_id, "user.delete", "User", id, json!({ "email": user.email })).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Applies one change to many users, all or nothing; returns how many were updated.
+pub async fn bulk_update(
+    state: &AppState,
+    identity: &Identity,
+    ids: Vec<Uuid>,
+    role: Option<Role>,
+    is_active: Option<bool>,
+) -> AppResult<i64> {
+    let actor = identity.admin()?;
+    let mut ids = ids;
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() || ids.len() > 1000 {
+        return Err(AppError::field("ids", "must list 1 to 1000 users"));
+    }
+    if role.is_none() && is_active.is_none() {
+        return Err(AppError::field("input", "must change role or isActive"));
+    }
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        lock_admin_set(conn).await?;
+        let changes = UserChanges {
+            role,
+            is_active,
+            updated_at: Some(Utc::now()),
+            ..Default::default()
+        };
+        let updated = model::update_many(conn, &ids, &changes).await?;
+        if updated != ids.len() {
+            return Err(AppError::NotFound(format!(
+                "{} of the {} users do not exist; nothing was changed",
+                ids.len() - updated,
+                ids.len()
+            )));
+        }
+        ensure_an_admin_remains(conn).await?;
+        if is_active == Some(false) {
+            sessions::revoke_user_sessions(conn, &ids, None, "user deactivated").await?;
+        }
+        audit::record(
+            conn,
+            actor.user_id,
+            "user.bulk_update",
+            "User",
+            None,
+            json!({ "ids": ids, "role": role, "isActive": is_active }),
+        )
+        .await?;
+        Ok(updated as i64)
+    })
+    .await
+}
+
+/// Loads users by id (for the DataLoader).
+pub async fn load_many(state: &AppState, ids: &[Uuid]) -> AppResult<Vec<User>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::find_many(&mut conn, ids).await?)
+}
+
+/// Inserts the account unless its email exists (seeding); returns whether it was new.
+pub async fn ensure_account(conn: &mut Conn, input: AccountInput, role: Role) -> AppResult<bool> {
+    let input = input.normalized();
+    input.validate()?;
+    if model::find_by_email(conn, &input.email).await?.is_some() {
+        return Ok(false);
+    }
+    let hash = password::hash(&input.password).await?;
+    let new = NewUser {
+        name: &input.name,
+        email: &input.email,
+        password_hash: &hash,
+        role,
+        is_active: true,
+    };
+    Ok(model::insert_if_absent(conn, &new).await?)
+}
+
+async fn lock_admin_set(conn: &mut Conn) -> AppResult<()> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<BigInt, _>(ADMIN_SET_LOCK_KEY)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Called after a change, under the admin-set lock: rolls it back if no active administrator is left.
+async fn ensure_an_admin_remains(conn: &mut Conn) -> AppResult<()> {
+    if model::count_active_admins(conn).await? == 0 {
+        return Err(AppError::Conflict(
+            "the last active administrator cannot be deleted, deactivated or demoted".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn email_conflict(e: diesel::result::Error) -> AppError {
+    if is_unique_violation(&e) {
+        AppError::Conflict("an account with this email already exists".into())
+    } else {
+        e.into()
+    }
+}
