@@ -56,7 +56,9 @@ impl Settings {
     }
 
     /// Reads settings from any set of variables (tests pass their own).
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let env = Env(vars
             .into_iter()
             .filter(|(_, v)| !v.trim().is_empty())
@@ -118,7 +120,10 @@ impl Settings {
         Ok(Settings {
             listen,
             database_url,
-            data_dir: PathBuf::from(env.get("PODIUM_DATA_DIR").unwrap_or_else(|| "./.data".into())),
+            data_dir: PathBuf::from(
+                env.get("PODIUM_DATA_DIR")
+                    .unwrap_or_else(|| "./.data".into()),
+            ),
             jwt_secret,
             public_url: public_url.trim_end_matches('/').to_string(),
             base_domain: env
@@ -127,7 +132,9 @@ impl Settings {
             log_format,
             workers: env.positive("PODIUM_WORKERS", default_workers)?,
             db_pool_size: env.positive("PODIUM_DB_POOL_SIZE", 10)?,
-            access_token_ttl: Duration::from_secs(env.positive("PODIUM_ACCESS_TOKEN_TTL_SECS", 900)?),
+            access_token_ttl: Duration::from_secs(
+                env.positive("PODIUM_ACCESS_TOKEN_TTL_SECS", 900)?,
+            ),
             refresh_token_ttl: Duration::from_secs(
                 env.positive("PODIUM_REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?,
             ),
@@ -139,7 +146,9 @@ impl Settings {
             trust_proxy: env.parse("PODIUM_TRUST_PROXY", false)?,
             rate_limit_per_ip: env.positive("PODIUM_RATE_LIMIT_PER_IP", 600)?,
             rate_limit_per_user: env.positive("PODIUM_RATE_LIMIT_PER_USER", 300)?,
-            rate_limit_window: Duration::from_secs(env.positive("PODIUM_RATE_LIMIT_WINDOW_SECS", 60)?),
+            rate_limit_window: Duration::from_secs(
+                env.positive("PODIUM_RATE_LIMIT_WINDOW_SECS", 60)?,
+            ),
             login_max_failures_per_email: env.positive("PODIUM_LOGIN_MAX_FAILURES_PER_EMAIL", 5)?,
             login_max_attempts_per_ip: env.positive("PODIUM_LOGIN_MAX_ATTEMPTS_PER_IP", 30)?,
             login_window: Duration::from_secs(env.positive("PODIUM_LOGIN_WINDOW_SECS", 900)?),
@@ -209,7 +218,8 @@ mod tests {
 
     #[test]
     fn external_database_requires_a_jwt_secret() {
-        let err = Settings::from_vars(vars(&[("DATABASE_URL", "postgres://x@localhost/db")])).unwrap_err();
+        let err = Settings::from_vars(vars(&[("DATABASE_URL", "postgres://x@localhost/db")]))
+            .unwrap_err();
         assert_eq!(err.var, "PODIUM_JWT_SECRET");
     }
 

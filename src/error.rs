@@ -17,10 +17,15 @@ pub enum AppError {
     Unauthenticated(String),
     Forbidden(String),
     NotFound(String),
-    BadUserInput { message: String, fields: FieldErrors },
+    BadUserInput {
+        message: String,
+        fields: FieldErrors,
+    },
     Conflict(String),
     PaymentRequired(String),
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     /// The cause is logged, never sent.
     Internal(anyhow::Error),
 }
@@ -144,13 +149,18 @@ impl ErrorExtensions for AppError {
                         map.insert(
                             async_graphql::Name::new(field),
                             async_graphql::Value::List(
-                                messages.iter().map(|m| async_graphql::Value::from(m.as_str())).collect(),
+                                messages
+                                    .iter()
+                                    .map(|m| async_graphql::Value::from(m.as_str()))
+                                    .collect(),
                             ),
                         );
                     }
                     ext.set("fields", async_graphql::Value::Object(map));
                 }
-                AppError::RateLimited { retry_after_secs } => ext.set("retryAfter", *retry_after_secs),
+                AppError::RateLimited { retry_after_secs } => {
+                    ext.set("retryAfter", *retry_after_secs)
+                }
                 _ => {}
             }
         })

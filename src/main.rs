@@ -10,7 +10,11 @@ use podium::startup::Application;
 use podium::{db, graphql, seed, telemetry};
 
 #[derive(Parser)]
-#[command(name = "podium", version, about = "GraphQL API server for managed app instances")]
+#[command(
+    name = "podium",
+    version,
+    about = "GraphQL API server for managed app instances"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -70,7 +74,9 @@ fn main() -> anyhow::Result<()> {
 
 /// With no DATABASE_URL, starts the embedded PostgreSQL and uses (or creates) the
 /// JWT secret kept in the data directory.
-async fn resolve_database(mut settings: Settings) -> anyhow::Result<(Settings, Option<EmbeddedPostgres>)> {
+async fn resolve_database(
+    mut settings: Settings,
+) -> anyhow::Result<(Settings, Option<EmbeddedPostgres>)> {
     if !settings.is_embedded() {
         return Ok((settings, None));
     }
@@ -105,7 +111,10 @@ async fn serve(settings: Settings, embedded: Option<&EmbeddedPostgres>) -> anyho
         if !marker.exists() {
             seed::run(&app.state().pool).await?;
             std::fs::write(&marker, "demo data loaded\n")?;
-            println!("\nPodium demo data loaded. Demo logins:\n{}\n", seed::demo_logins());
+            println!(
+                "\nPodium demo data loaded. Demo logins:\n{}\n",
+                seed::demo_logins()
+            );
         }
     }
     tracing::info!(

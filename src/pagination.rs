@@ -23,7 +23,11 @@ impl Cursor {
     }
 
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.created_at.timestamp_micros(), self.id))
+        URL_SAFE_NO_PAD.encode(format!(
+            "{}:{}",
+            self.created_at.timestamp_micros(),
+            self.id
+        ))
     }
 
     pub fn decode(s: &str) -> AppResult<Self> {
@@ -31,7 +35,8 @@ impl Cursor {
         let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
         let raw = String::from_utf8(raw).map_err(|_| bad())?;
         let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
-        let created_at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+        let created_at =
+            DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
         Ok(Cursor {
             created_at,
             id: id.parse().map_err(|_| bad())?,
@@ -50,7 +55,12 @@ impl PageArgs {
         let first = match first {
             None => DEFAULT_PAGE_SIZE,
             Some(n) if (1..=MAX_PAGE_SIZE as i32).contains(&n) => n as usize,
-            Some(_) => return Err(AppError::field("first", format!("must be between 1 and {MAX_PAGE_SIZE}"))),
+            Some(_) => {
+                return Err(AppError::field(
+                    "first",
+                    format!("must be between 1 and {MAX_PAGE_SIZE}"),
+                ));
+            }
         };
         let after = after.map(Cursor::decode).transpose()?;
         Ok(PageArgs { first, after })
@@ -84,7 +94,10 @@ mod tests {
 
     #[test]
     fn cursor_round_trips() {
-        let c = Cursor::new(DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), Uuid::new_v4());
+        let c = Cursor::new(
+            DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            Uuid::new_v4(),
+        );
         assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
         assert!(Cursor::decode("garbage!").is_err());
     }

@@ -51,7 +51,10 @@ impl RateLimiter {
     }
 
     pub fn reset(&self, key: &str) {
-        self.windows.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 }
 
@@ -68,7 +71,10 @@ impl Limits {
         Limits {
             per_ip: RateLimiter::new(s.rate_limit_per_ip, s.rate_limit_window),
             per_user: RateLimiter::new(s.rate_limit_per_user, s.rate_limit_window),
-            login_failures_per_email: RateLimiter::new(s.login_max_failures_per_email, s.login_window),
+            login_failures_per_email: RateLimiter::new(
+                s.login_max_failures_per_email,
+                s.login_window,
+            ),
             login_attempts_per_ip: RateLimiter::new(s.login_max_attempts_per_ip, s.login_window),
         }
     }

@@ -53,7 +53,11 @@ impl Application {
             .with_context(|| format!("binding PODIUM_LISTEN={}", state.settings.listen))?;
         let port = listener.local_addr()?.port();
         let server = serve(listener, state.clone(), schema)?;
-        Ok(Application { port, server, state })
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {

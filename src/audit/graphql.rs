@@ -18,8 +18,12 @@ impl AuditEntry {
     }
     /// Who did it; null once that user is deleted.
     async fn actor(&self, ctx: &Context<'_>) -> Result<Option<User>> {
-        let Some(actor_id) = self.actor_id else { return Ok(None) };
-        ctx.data_unchecked::<DataLoader<UserLoader>>().load_one(actor_id).await
+        let Some(actor_id) = self.actor_id else {
+            return Ok(None);
+        };
+        ctx.data_unchecked::<DataLoader<UserLoader>>()
+            .load_one(actor_id)
+            .await
     }
     async fn actor_id(&self) -> Option<ID> {
         self.actor_id.map(|id| ID(id.to_string()))
@@ -58,7 +62,10 @@ impl AuditQuery {
     ) -> Result<PodiumConnection<AuditEntry>> {
         let page = PageArgs::new(first, after.as_deref())?;
         let filter = AuditFilter {
-            actor_id: actor_id.as_ref().map(|id| parse_id("actorId", id)).transpose()?,
+            actor_id: actor_id
+                .as_ref()
+                .map(|id| parse_id("actorId", id))
+                .transpose()?,
             action,
         };
         let page = service::list(ctx.state(), ctx.identity(), filter, page).await?;

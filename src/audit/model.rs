@@ -63,13 +63,19 @@ pub async fn insert(conn: &mut Conn, entry: &NewAuditEntry<'_>) -> QueryResult<(
         .map(drop)
 }
 
-pub async fn list(conn: &mut Conn, filter: &AuditFilter, page: &PageArgs) -> QueryResult<Vec<AuditEntry>> {
+pub async fn list(
+    conn: &mut Conn,
+    filter: &AuditFilter,
+    page: &PageArgs,
+) -> QueryResult<Vec<AuditEntry>> {
     let mut query = filtered(filter);
     if let Some(after) = &page.after {
         query = query.filter(
             audit_log::created_at
                 .lt(after.created_at)
-                .or(audit_log::created_at.eq(after.created_at).and(audit_log::id.lt(after.id))),
+                .or(audit_log::created_at
+                    .eq(after.created_at)
+                    .and(audit_log::id.lt(after.id))),
         );
     }
     query

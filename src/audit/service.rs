@@ -30,7 +30,12 @@ pub async fn record(
     Ok(())
 }
 
-pub async fn list(state: &AppState, identity: &Identity, filter: AuditFilter, page: PageArgs) -> AppResult<Page<AuditEntry>> {
+pub async fn list(
+    state: &AppState,
+    identity: &Identity,
+    filter: AuditFilter,
+    page: PageArgs,
+) -> AppResult<Page<AuditEntry>> {
     identity.admin()?;
     let mut conn = state.pool.get().await?;
     let rows = model::list(&mut conn, &filter, &page).await?;

@@ -60,13 +60,17 @@ impl AuthMutation {
             email: input.email,
             password: input.password,
         };
-        Ok(service::register(ctx.state(), account, ctx.client()).await?.into())
+        Ok(service::register(ctx.state(), account, ctx.client())
+            .await?
+            .into())
     }
 
     async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> Result<AuthPayload> {
-        Ok(service::login(ctx.state(), &input.email, &input.password, ctx.client())
-            .await?
-            .into())
+        Ok(
+            service::login(ctx.state(), &input.email, &input.password, ctx.client())
+                .await?
+                .into(),
+        )
     }
 
     /// Rotates a refresh token. Presenting an already-rotated token revokes its whole session.

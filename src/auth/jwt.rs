@@ -43,7 +43,12 @@ impl JwtKeys {
         }
     }
 
-    pub fn issue(&self, user_id: Uuid, role: &str, session_id: Uuid) -> anyhow::Result<(String, DateTime<Utc>)> {
+    pub fn issue(
+        &self,
+        user_id: Uuid,
+        role: &str,
+        session_id: Uuid,
+    ) -> anyhow::Result<(String, DateTime<Utc>)> {
         let now = Utc::now();
         let expires = now + self.ttl;
         let claims = Claims {
@@ -56,7 +61,10 @@ impl JwtKeys {
             iss: ISSUER.into(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
-        Ok((token, DateTime::from_timestamp(claims.exp, 0).unwrap_or(expires)))
+        Ok((
+            token,
+            DateTime::from_timestamp(claims.exp, 0).unwrap_or(expires),
+        ))
     }
 
     /// The claims of a valid, unexpired token signed by us with HS256.
@@ -71,7 +79,10 @@ mod tests {
     use base64::Engine;
 
     fn keys() -> JwtKeys {
-        JwtKeys::new("0123456789abcdef0123456789abcdef", std::time::Duration::from_secs(60))
+        JwtKeys::new(
+            "0123456789abcdef0123456789abcdef",
+            std::time::Duration::from_secs(60),
+        )
     }
 
     #[test]
@@ -89,7 +100,10 @@ mod tests {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let none_header = b64.encode(r#"{"alg":"none","typ":"JWT"}"#);
         assert!(k.verify(&format!("{none_header}.{payload}.")).is_err());
-        let other = JwtKeys::new("another secret that is long enough!!", std::time::Duration::from_secs(60));
+        let other = JwtKeys::new(
+            "another secret that is long enough!!",
+            std::time::Duration::from_secs(60),
+        );
         assert!(other.verify(&token).is_err());
     }
 }

@@ -26,7 +26,11 @@ pub struct RefreshToken {
     pub rotated_at: Option<DateTime<Utc>>,
 }
 
-pub async fn create_session(conn: &mut Conn, user_id: Uuid, client: &ClientInfo) -> QueryResult<Uuid> {
+pub async fn create_session(
+    conn: &mut Conn,
+    user_id: Uuid,
+    client: &ClientInfo,
+) -> QueryResult<Uuid> {
     diesel::insert_into(sessions::table)
         .values((
             sessions::user_id.eq(user_id),
@@ -94,10 +98,17 @@ pub async fn touch_session(conn: &mut Conn, session_id: Uuid) -> QueryResult<()>
 }
 
 pub async fn revoke_session(conn: &mut Conn, session_id: Uuid, reason: &str) -> QueryResult<usize> {
-    diesel::update(sessions::table.find(session_id).filter(sessions::revoked_at.is_null()))
-        .set((sessions::revoked_at.eq(diesel::dsl::now), sessions::revoked_reason.eq(reason)))
-        .execute(conn)
-        .await
+    diesel::update(
+        sessions::table
+            .find(session_id)
+            .filter(sessions::revoked_at.is_null()),
+    )
+    .set((
+        sessions::revoked_at.eq(diesel::dsl::now),
+        sessions::revoked_reason.eq(reason),
+    ))
+    .execute(conn)
+    .await
 }
 
 /// Revokes the live sessions of these users, except `keep`; returns how many.
@@ -115,7 +126,10 @@ pub async fn revoke_user_sessions(
         query = query.filter(sessions::id.ne(keep));
     }
     query
-        .set((sessions::revoked_at.eq(diesel::dsl::now), sessions::revoked_reason.eq(reason)))
+        .set((
+            sessions::revoked_at.eq(diesel::dsl::now),
+            sessions::revoked_reason.eq(reason),
+        ))
         .execute(conn)
         .await
 }

@@ -2,7 +2,9 @@
 
 use std::sync::LazyLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 
 use crate::error::{AppError, AppResult};
@@ -17,8 +19,9 @@ fn argon2() -> Argon2<'static> {
 }
 
 /// Verified against when the email is unknown, so that costs what a wrong password costs.
-static DUMMY_HASH: LazyLock<String> =
-    LazyLock::new(|| hash_blocking("dummy password for timing").expect("hashing the dummy password"));
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    hash_blocking("dummy password for timing").expect("hashing the dummy password")
+});
 
 fn hash_blocking(password: &str) -> AppResult<String> {
     let salt = SaltString::generate(&mut OsRng);
@@ -42,9 +45,13 @@ pub async fn verify(password: &str, stored: Option<&str>) -> AppResult<bool> {
     tokio::task::spawn_blocking(move || {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| DUMMY_HASH.clone());
-        let parsed = PasswordHash::new(&stored)
-            .map_err(|e| AppError::internal(anyhow::anyhow!("stored password hash is malformed: {e}")))?;
-        Ok(known && argon2().verify_password(password.as_bytes(), &parsed).is_ok())
+        let parsed = PasswordHash::new(&stored).map_err(|e| {
+            AppError::internal(anyhow::anyhow!("stored password hash is malformed: {e}"))
+        })?;
+        Ok(known
+            && argon2()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok())
     })
     .await
     .map_err(AppError::internal)?

@@ -21,7 +21,11 @@ pub struct AuthTokens {
     pub user: User,
 }
 
-pub async fn register(state: &AppState, input: AccountInput, client: &ClientInfo) -> AppResult<AuthTokens> {
+pub async fn register(
+    state: &AppState,
+    input: AccountInput,
+    client: &ClientInfo,
+) -> AppResult<AuthTokens> {
     throttle_ip(state, client)?;
     let input = input.normalized();
     input.validate()?;
@@ -55,7 +59,12 @@ pub async fn register(state: &AppState, input: AccountInput, client: &ClientInfo
     tokens(state, user, session_id, refresh_token)
 }
 
-pub async fn login(state: &AppState, email: &str, password_attempt: &str, client: &ClientInfo) -> AppResult<AuthTokens> {
+pub async fn login(
+    state: &AppState,
+    email: &str,
+    password_attempt: &str,
+    client: &ClientInfo,
+) -> AppResult<AuthTokens> {
     throttle_ip(state, client)?;
     let email = email.trim().to_lowercase();
     let email_key = format!("login:{email}");
@@ -68,13 +77,19 @@ pub async fn login(state: &AppState, email: &str, password_attempt: &str, client
     let mut conn = state.pool.get().await?;
     let user = users::find_by_email(&mut conn, &email).await?;
     // Unknown emails are checked against a dummy hash: same cost, same answer.
-    let ok = password::verify(password_attempt, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+    let ok = password::verify(
+        password_attempt,
+        user.as_ref().map(|u| u.password_hash.as_str()),
+    )
+    .await?;
     let user = match user {
         Some(user) if ok => user,
         _ => {
             let _ = state.limits.login_failures_per_email.hit(&email_key);
             tracing::info!(ip = ?client.ip, "failed login");
-            return Err(AppError::Unauthenticated("invalid email or password".into()));
+            return Err(AppError::Unauthenticated(
+                "invalid email or password".into(),
+            ));
         }
     };
     if !user.is_active {
@@ -92,8 +107,14 @@ pub async fn login(state: &AppState, email: &str, password_attempt: &str, client
 }
 
 enum Rotation {
-    Rotated { user: User, session_id: Uuid, refresh_token: String },
-    Reused { session_id: Uuid },
+    Rotated {
+        user: User,
+        session_id: Uuid,
+        refresh_token: String,
+    },
+    Reused {
+        session_id: Uuid,
+    },
     Refused(&'static str),
 }
 
@@ -112,12 +133,16 @@ pub async fn refresh(state: &AppState, token: &str) -> AppResult<AuthTokens> {
             }
             if stored.rotated_at.is_some() {
                 model::revoke_session(conn, session.id, "refresh token reuse").await?;
-                return Ok(Rotation::Reused { session_id: session.id });
+                return Ok(Rotation::Reused {
+                    session_id: session.id,
+                });
             }
             if stored.expires_at <= Utc::now() {
                 return Ok(Rotation::Refused("the refresh token expired"));
             }
-            let user = users::find(conn, session.user_id).await?.ok_or_else(AppError::unauthenticated)?;
+            let user = users::find(conn, session.user_id)
+                .await?
+                .ok_or_else(AppError::unauthenticated)?;
             if !user.is_active {
                 model::revoke_session(conn, session.id, "user deactivated").await?;
                 return Ok(Rotation::Refused("the account is deactivated"));
@@ -170,11 +195,18 @@ pub async fn logout_all(state: &AppState, identity: &Identity) -> AppResult<i64>
 }
 
 /// Changes the password after checking the current one; other sessions are signed out.
-pub async fn change_password(state: &AppState, identity: &Identity, current: &str, new: PasswordInput) -> AppResult<()> {
+pub async fn change_password(
+    state: &AppState,
+    identity: &Identity,
+    current: &str,
+    new: PasswordInput,
+) -> AppResult<()> {
     let actor = identity.actor()?;
     new.validate()?;
     let mut conn = state.pool.get().await?;
-    let user = users::find(&mut conn, actor.user_id).await?.ok_or_else(AppError::unauthenticated)?;
+    let user = users::find(&mut conn, actor.user_id)
+        .await?
+        .ok_or_else(AppError::unauthenticated)?;
     if !password::verify(current, Some(&user.password_hash)).await? {
         return Err(AppError::field("currentPassword", "is incorrect"));
     }
@@ -190,7 +222,8 @@ pub async fn change_password(state: &AppState, identity: &Identity, current: &st
             },
         )
         .await?;
-        model::revoke_user_sessions(conn, &[user.id], Some(actor.session_id), "password changed").await?;
+        model::revoke_user_sessions(conn, &[user.id], Some(actor.session_id), "password changed")
+            .await?;
         Ok::<_, AppError>(())
     })
     .await?;
@@ -207,20 +240,35 @@ fn throttle_ip(state: &AppState, client: &ClientInfo) -> AppResult<()> {
         .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
 }
 
-async fn start_session(conn: &mut Conn, state: &AppState, user_id: Uuid, client: &ClientInfo) -> AppResult<(Uuid, String)> {
+async fn start_session(
+    conn: &mut Conn,
+    state: &AppState,
+    user_id: Uuid,
+    client: &ClientInfo,
+) -> AppResult<(Uuid, String)> {
     let session_id = model::create_session(conn, user_id, client).await?;
     let refresh = issue_refresh_token(conn, state, session_id).await?;
     Ok((session_id, refresh))
 }
 
-async fn issue_refresh_token(conn: &mut Conn, state: &AppState, session_id: Uuid) -> AppResult<String> {
+async fn issue_refresh_token(
+    conn: &mut Conn,
+    state: &AppState,
+    session_id: Uuid,
+) -> AppResult<String> {
     let token = new_opaque_token(REFRESH_TOKEN_PREFIX);
-    let ttl = chrono::Duration::from_std(state.settings.refresh_token_ttl).map_err(AppError::internal)?;
+    let ttl =
+        chrono::Duration::from_std(state.settings.refresh_token_ttl).map_err(AppError::internal)?;
     model::insert_refresh_token(conn, session_id, &token_hash(&token), Utc::now() + ttl).await?;
     Ok(token)
 }
 
-fn tokens(state: &AppState, user: User, session_id: Uuid, refresh_token: String) -> AppResult<AuthTokens> {
+fn tokens(
+    state: &AppState,
+    user: User,
+    session_id: Uuid,
+    refresh_token: String,
+) -> AppResult<AuthTokens> {
     let (access_token, access_token_expires_at) = state
         .jwt
         .issue(user.id, user.role.as_str(), session_id)

@@ -69,7 +69,9 @@ impl EmbeddedPostgres {
         .await;
         match result {
             Ok(Ok(out)) if out.status.success() => tracing::info!("embedded PostgreSQL stopped"),
-            Ok(Ok(out)) => tracing::warn!(output = %describe(&out), "stopping embedded PostgreSQL failed"),
+            Ok(Ok(out)) => {
+                tracing::warn!(output = %describe(&out), "stopping embedded PostgreSQL failed")
+            }
             other => tracing::warn!(?other, "stopping embedded PostgreSQL failed"),
         }
     }
@@ -187,9 +189,21 @@ impl EmbeddedPostgres {
             .context("running pg_ctl start")?;
         if !out.status.success() {
             let tail = std::fs::read_to_string(&log)
-                .map(|s| s.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+                .map(|s| {
+                    s.lines()
+                        .rev()
+                        .take(10)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
                 .unwrap_or_default();
-            bail!("starting the embedded PostgreSQL failed: {}\n{tail}", describe(&out));
+            bail!(
+                "starting the embedded PostgreSQL failed: {}\n{tail}",
+                describe(&out)
+            );
         }
         tracing::info!(port = self.port, dir = %self.data_dir.display(), "embedded PostgreSQL started");
         Ok(())
@@ -260,7 +274,11 @@ fn describe(out: &Output) -> String {
 
 /// The directory holding initdb, pg_ctl and postgres: PATH first, then the usual places.
 fn find_bin_dir() -> anyhow::Result<PathBuf> {
-    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+    let has_all = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -278,9 +296,13 @@ fn find_bin_dir() -> anyhow::Result<PathBuf> {
         }
     }
     candidates.extend(
-        ["/usr/local/pgsql/bin", "/opt/homebrew/bin", "/usr/local/bin"]
-            .iter()
-            .map(PathBuf::from),
+        [
+            "/usr/local/pgsql/bin",
+            "/opt/homebrew/bin",
+            "/usr/local/bin",
+        ]
+        .iter()
+        .map(PathBuf::from),
     );
     candidates
         .into_iter()

@@ -20,8 +20,14 @@ pub async fn graphql(
     body: web::Bytes,
 ) -> HttpResponse {
     let client = client_info(&req, state.settings.trust_proxy);
-    if let Err(wait) = state.limits.per_ip.hit(client.ip.as_deref().unwrap_or("unknown")) {
-        return error_response(AppError::RateLimited { retry_after_secs: wait });
+    if let Err(wait) = state
+        .limits
+        .per_ip
+        .hit(client.ip.as_deref().unwrap_or("unknown"))
+    {
+        return error_response(AppError::RateLimited {
+            retry_after_secs: wait,
+        });
     }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -32,7 +38,10 @@ pub async fn graphql(
             });
         }
     };
-    let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let identity = match identity::resolve(&state, authorization).await {
         Ok(identity) => identity,
         Err(e) => return error_response(e),
@@ -40,7 +49,9 @@ pub async fn graphql(
     if let crate::auth::Identity::User(actor) = &identity
         && let Err(wait) = state.limits.per_user.hit(&actor.user_id.to_string())
     {
-        return error_response(AppError::RateLimited { retry_after_secs: wait });
+        return error_response(AppError::RateLimited {
+            retry_after_secs: wait,
+        });
     }
     let mut request = request;
     request.data = request_data(&state, identity, client);
@@ -49,7 +60,9 @@ pub async fn graphql(
     let retry_after = response.errors.iter().find_map(|e| {
         let ext = e.extensions.as_ref()?;
         match (ext.get("code"), ext.get("retryAfter")) {
-            (Some(async_graphql::Value::String(code)), Some(async_graphql::Value::Number(n))) if code == "RATE_LIMITED" => {
+            (Some(async_graphql::Value::String(code)), Some(async_graphql::Value::Number(n)))
+                if code == "RATE_LIMITED" =>
+            {
                 n.as_u64()
             }
             _ => None,
@@ -71,7 +84,12 @@ pub async fn graphql(
 pub async fn graphiql() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .body(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql").finish())
+        .body(
+            GraphiQLSource::build()
+                .endpoint("/graphql")
+                .subscription_endpoint("/graphql")
+                .finish(),
+        )
 }
 
 /// Subscriptions: the identity comes from the `connection_init` payload
@@ -83,8 +101,14 @@ pub async fn graphql_ws(
     payload: web::Payload,
 ) -> actix_web::Result<HttpResponse> {
     let client = client_info(&req, state.settings.trust_proxy);
-    if let Err(wait) = state.limits.per_ip.hit(client.ip.as_deref().unwrap_or("unknown")) {
-        return Ok(error_response(AppError::RateLimited { retry_after_secs: wait }));
+    if let Err(wait) = state
+        .limits
+        .per_ip
+        .hit(client.ip.as_deref().unwrap_or("unknown"))
+    {
+        return Ok(error_response(AppError::RateLimited {
+            retry_after_secs: wait,
+        }));
     }
     let state = state.get_ref().clone();
     GraphQLSubscription::new(schema.get_ref().clone())
@@ -131,7 +155,8 @@ pub fn error_response(e: AppError) -> HttpResponse {
             let mut b = HttpResponse::TooManyRequests();
             b.insert_header((
                 header::RETRY_AFTER,
-                HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits are a valid header"),
+                HeaderValue::from_str(&retry_after_secs.to_string())
+                    .expect("digits are a valid header"),
             ));
             b
         }

@@ -4,7 +4,9 @@ pub mod handlers;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{Context, ID, MergedObject, MergedSubscription, OutputType, Schema, SimpleObject};
+use async_graphql::{
+    Context, ID, MergedObject, MergedSubscription, OutputType, Schema, SimpleObject,
+};
 use uuid::Uuid;
 
 use crate::auth::Identity;
@@ -15,12 +17,21 @@ use crate::state::{AppState, ClientInfo};
 use crate::users::graphql::UserLoader;
 
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(crate::users::graphql::UsersQuery, crate::audit::graphql::AuditQuery);
+#[graphql(name = "Query")]
+pub struct QueryRoot(
+    crate::users::graphql::UsersQuery,
+    crate::audit::graphql::AuditQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(crate::auth::graphql::AuthMutation, crate::users::graphql::UsersMutation);
+#[graphql(name = "Mutation")]
+pub struct MutationRoot(
+    crate::auth::graphql::AuthMutation,
+    crate::users::graphql::UsersMutation,
+);
 
 #[derive(MergedSubscription, Default)]
+#[graphql(name = "Subscription")]
 pub struct SubscriptionRoot(crate::users::graphql::UsersSubscription);
 
 pub type PodiumSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -44,9 +55,13 @@ impl From<&Settings> for SchemaLimits {
 }
 
 pub fn build_schema(limits: SchemaLimits) -> PodiumSchema {
-    let builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity);
+    let builder = Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        SubscriptionRoot::default(),
+    )
+    .limit_depth(limits.max_depth)
+    .limit_complexity(limits.max_complexity);
     if limits.introspection {
         builder.finish()
     } else {
@@ -56,7 +71,12 @@ pub fn build_schema(limits: SchemaLimits) -> PodiumSchema {
 
 /// The SDL with sorted fields: what `schema.graphql` holds.
 pub fn sdl() -> String {
-    let schema = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default()).finish();
+    let schema = Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        SubscriptionRoot::default(),
+    )
+    .finish();
     schema.sdl_with_options(
         async_graphql::SDLExportOptions::new()
             .sorted_fields()
@@ -66,12 +86,19 @@ pub fn sdl() -> String {
 }
 
 /// Per-request data every resolver can reach.
-pub fn request_data(state: &AppState, identity: Identity, client: ClientInfo) -> async_graphql::Data {
+pub fn request_data(
+    state: &AppState,
+    identity: Identity,
+    client: ClientInfo,
+) -> async_graphql::Data {
     let mut data = async_graphql::Data::default();
     data.insert(state.clone());
     data.insert(identity);
     data.insert(client);
-    data.insert(DataLoader::new(UserLoader::new(state.clone()), tokio::spawn));
+    data.insert(DataLoader::new(
+        UserLoader::new(state.clone()),
+        tokio::spawn,
+    ));
     data
 }
 

@@ -21,7 +21,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     .await;
     match ready {
         Ok(true) => HttpResponse::Ok().json(json!({ "status": "ready" })),
-        Ok(false) => HttpResponse::ServiceUnavailable().json(json!({ "status": "migrations pending" })),
+        Ok(false) => {
+            HttpResponse::ServiceUnavailable().json(json!({ "status": "migrations pending" }))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             HttpResponse::ServiceUnavailable().json(json!({ "status": "database unreachable" }))
@@ -37,5 +39,8 @@ pub fn security_headers() -> DefaultHeaders {
         .add(("Referrer-Policy", "no-referrer"))
         .add(("Cross-Origin-Opener-Policy", "same-origin"))
         .add(("Content-Security-Policy", "frame-ancestors 'none'"))
-        .add(("Permissions-Policy", "camera=(), microphone=(), geolocation=()"))
+        .add((
+            "Permissions-Policy",
+            "camera=(), microphone=(), geolocation=()",
+        ))
 }

@@ -120,7 +120,11 @@ impl UsersQuery {
         is_active: Option<bool>,
     ) -> Result<PodiumConnection<User>> {
         let page = PageArgs::new(first, after.as_deref())?;
-        let filter = UserFilter { search, role, is_active };
+        let filter = UserFilter {
+            search,
+            role,
+            is_active,
+        };
         let page = service::list(ctx.state(), ctx.identity(), filter, page).await?;
         Ok(connection(page, User::cursor, |u| u))
     }
@@ -153,7 +157,14 @@ impl UsersMutation {
             email: input.email,
             password: input.password,
         };
-        Ok(service::create(ctx.state(), ctx.identity(), account, input.role, input.is_active).await?)
+        Ok(service::create(
+            ctx.state(),
+            ctx.identity(),
+            account,
+            input.role,
+            input.is_active,
+        )
+        .await?)
     }
 
     /// Administrators: changes a user. Deactivating signs the user out everywhere.
@@ -176,12 +187,24 @@ impl UsersMutation {
     }
 
     /// Administrators: one change to many users, all or nothing; returns how many changed.
-    async fn bulk_update_users(&self, ctx: &Context<'_>, ids: Vec<ID>, input: BulkUpdateUsersInput) -> Result<i64> {
+    async fn bulk_update_users(
+        &self,
+        ctx: &Context<'_>,
+        ids: Vec<ID>,
+        input: BulkUpdateUsersInput,
+    ) -> Result<i64> {
         let ids = ids
             .iter()
             .map(|id| parse_id("ids", id))
             .collect::<Result<Vec<_>, AppError>>()?;
-        Ok(service::bulk_update(ctx.state(), ctx.identity(), ids, input.role, input.is_active).await?)
+        Ok(service::bulk_update(
+            ctx.state(),
+            ctx.identity(),
+            ids,
+            input.role,
+            input.is_active,
+        )
+        .await?)
     }
 }
 

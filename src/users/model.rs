@@ -15,7 +15,16 @@ use crate::db::schema::users;
 use crate::pagination::{Cursor, PageArgs};
 
 #[derive(
-    async_graphql::Enum, AsExpression, FromSqlRow, Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize,
+    async_graphql::Enum,
+    AsExpression,
+    FromSqlRow,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
 )]
 #[diesel(sql_type = Text)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -100,9 +109,18 @@ pub struct UserFilter {
 
 fn filtered(filter: &UserFilter) -> users::BoxedQuery<'static, Pg> {
     let mut query = users::table.into_boxed();
-    if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    if let Some(search) = filter
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let pattern = format!("%{}%", escape_like(search));
-        query = query.filter(users::name.ilike(pattern.clone()).or(users::email.ilike(pattern)));
+        query = query.filter(
+            users::name
+                .ilike(pattern.clone())
+                .or(users::email.ilike(pattern)),
+        );
     }
     if let Some(role) = filter.role {
         query = query.filter(users::role.eq(role));
@@ -115,7 +133,9 @@ fn filtered(filter: &UserFilter) -> users::BoxedQuery<'static, Pg> {
 
 /// Escapes LIKE wildcards so a search for `50%` means the text `50%`.
 fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 /// Newest first, keyset-paginated; fetches one extra row to tell whether more follow.
@@ -123,9 +143,9 @@ pub async fn list(conn: &mut Conn, filter: &UserFilter, page: &PageArgs) -> Quer
     let mut query = filtered(filter);
     if let Some(after) = &page.after {
         query = query.filter(
-            users::created_at
-                .lt(after.created_at)
-                .or(users::created_at.eq(after.created_at).and(users::id.lt(after.id))),
+            users::created_at.lt(after.created_at).or(users::created_at
+                .eq(after.created_at)
+                .and(users::id.lt(after.id))),
         );
     }
     query
@@ -194,7 +214,11 @@ pub async fn update(conn: &mut Conn, id: Uuid, changes: &UserChanges) -> QueryRe
         .optional()
 }
 
-pub async fn update_many(conn: &mut Conn, ids: &[Uuid], changes: &UserChanges) -> QueryResult<usize> {
+pub async fn update_many(
+    conn: &mut Conn,
+    ids: &[Uuid],
+    changes: &UserChanges,
+) -> QueryResult<usize> {
     diesel::update(users::table.filter(users::id.eq_any(ids)))
         .set(changes)
         .execute(conn)

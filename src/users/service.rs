@@ -27,8 +27,9 @@ pub fn validate_password(password: &str) -> Result<(), ValidationError> {
     if long_enough && has_letter && has_digit && password.len() <= 256 {
         Ok(())
     } else {
-        Err(ValidationError::new("password")
-            .with_message("must be 10 to 256 characters with at least one letter and one digit".into()))
+        Err(ValidationError::new("password").with_message(
+            "must be 10 to 256 characters with at least one letter and one digit".into(),
+        ))
     }
 }
 
@@ -37,7 +38,10 @@ pub fn validate_password(password: &str) -> Result<(), ValidationError> {
 pub struct AccountInput {
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
     pub name: String,
-    #[validate(email(message = "must be a valid email address"), length(max = 254, message = "is too long"))]
+    #[validate(
+        email(message = "must be a valid email address"),
+        length(max = 254, message = "is too long")
+    )]
     pub email: String,
     #[validate(custom(function = "validate_password"))]
     pub password: String,
@@ -63,7 +67,10 @@ pub struct PasswordInput {
 pub struct UserUpdate {
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
     pub name: Option<String>,
-    #[validate(email(message = "must be a valid email address"), length(max = 254, message = "is too long"))]
+    #[validate(
+        email(message = "must be a valid email address"),
+        length(max = 254, message = "is too long")
+    )]
     pub email: Option<String>,
     pub role: Option<Role>,
     pub is_active: Option<bool>,
@@ -98,10 +105,16 @@ impl UserUpdate {
 pub async fn me(state: &AppState, identity: &Identity) -> AppResult<User> {
     let actor = identity.actor()?;
     let mut conn = state.pool.get().await?;
-    model::find(&mut conn, actor.user_id).await?.ok_or_else(AppError::unauthenticated)
+    model::find(&mut conn, actor.user_id)
+        .await?
+        .ok_or_else(AppError::unauthenticated)
 }
 
-pub async fn update_profile(state: &AppState, identity: &Identity, name: String) -> AppResult<User> {
+pub async fn update_profile(
+    state: &AppState,
+    identity: &Identity,
+    name: String,
+) -> AppResult<User> {
     let actor = identity.actor()?;
     let update = UserUpdate {
         name: Some(name),
@@ -115,7 +128,12 @@ pub async fn update_profile(state: &AppState, identity: &Identity, name: String)
         .ok_or_else(AppError::unauthenticated)
 }
 
-pub async fn list(state: &AppState, identity: &Identity, filter: UserFilter, page: PageArgs) -> AppResult<Page<User>> {
+pub async fn list(
+    state: &AppState,
+    identity: &Identity,
+    filter: UserFilter,
+    page: PageArgs,
+) -> AppResult<Page<User>> {
     identity.admin()?;
     let mut conn = state.pool.get().await?;
     let rows = model::list(&mut conn, &filter, &page).await?;
@@ -126,7 +144,9 @@ pub async fn list(state: &AppState, identity: &Identity, filter: UserFilter, pag
 pub async fn get(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<User> {
     identity.admin()?;
     let mut conn = state.pool.get().await?;
-    model::find(&mut conn, id).await?.ok_or_else(|| AppError::not_found("user"))
+    model::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("user"))
 }
 
 pub async fn stats(state: &AppState, identity: &Identity) -> AppResult<UserStats> {
@@ -174,7 +194,12 @@ pub async fn create(
     .await
 }
 
-pub async fn update(state: &AppState, identity: &Identity, id: Uuid, update: UserUpdate) -> AppResult<User> {
+pub async fn update(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+    update: UserUpdate,
+) -> AppResult<User> {
     let actor = identity.admin()?;
     let update = update.normalized();
     update.validate()?;
@@ -189,7 +214,15 @@ pub async fn update(state: &AppState, identity: &Identity, id: Uuid, update: Use
         if update.is_active == Some(false) {
             sessions::revoke_user_sessions(conn, &[id], None, "user deactivated").await?;
         }
-        audit::record(conn, actor.user_id, "user.update", "User", id, update.audit_metadata()).await?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "user.update",
+            "User",
+            id,
+            update.audit_metadata(),
+        )
+        .await?;
         Ok(user)
     })
     .await
@@ -198,15 +231,27 @@ pub async fn update(state: &AppState, identity: &Identity, id: Uuid, update: Use
 pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<()> {
     let actor = identity.admin()?;
     if id == actor.user_id {
-        return Err(AppError::Forbidden("you cannot delete your own account".into()));
+        return Err(AppError::Forbidden(
+            "you cannot delete your own account".into(),
+        ));
     }
     let mut conn = state.pool.get().await?;
     conn.transaction(async |conn| {
         lock_admin_set(conn).await?;
-        let user = model::find(conn, id).await?.ok_or_else(|| AppError::not_found("user"))?;
+        let user = model::find(conn, id)
+            .await?
+            .ok_or_else(|| AppError::not_found("user"))?;
         model::delete(conn, id).await?;
         ensure_an_admin_remains(conn).await?;
-        audit::record(conn, actor.user_id, "user.delete", "User", id, json!({ "email": user.email })).await?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "user.delete",
+            "User",
+            id,
+            json!({ "email": user.email }),
+        )
+        .await?;
         Ok(())
     })
     .await

@@ -1,0 +1,250 @@
+//! Test harness: a fresh database per test (cloned from a migrated template) and a
+//! real server on a free port, talked to over HTTP.
+
+use std::sync::OnceLock;
+
+use actix_web::dev::ServerHandle;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use podium::config::Settings;
+use podium::startup::Application;
+use podium::state::AppState;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub const ADMIN_EMAIL: &str = "admin@paas.com";
+pub const ADMIN_PASSWORD: &str = "Admin123!@#";
+pub const USER_EMAIL: &str = "user@paas.com";
+pub const USER_PASSWORD: &str = "User123!@#";
+pub const PASSWORD: &str = "Password123";
+
+/// The cluster's maintenance database URL, set by `scripts/test`.
+pub fn admin_url() -> String {
+    std::env::var("PODIUM_TEST_DATABASE_URL").expect(
+        "PODIUM_TEST_DATABASE_URL is not set: run the tests with ./scripts/test, which starts PostgreSQL",
+    )
+}
+
+fn url_for(database: &str) -> String {
+    let base = admin_url();
+    let (prefix, _) = base.rsplit_once('/').expect("a database URL");
+    format!("{prefix}/{database}")
+}
+
+async fn admin_conn() -> AsyncPgConnection {
+    AsyncPgConnection::establish(&admin_url())
+        .await
+        .expect("connecting to the test cluster")
+}
+
+/// The migrated template, made once per test process on a thread of its own.
+fn template() -> &'static str {
+    static TEMPLATE: OnceLock<String> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let name = format!("podium_template_{}", Uuid::new_v4().simple());
+                let mut conn = admin_conn().await;
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                podium::db::migrate::run(&url_for(&name))
+                    .await
+                    .expect("migrating the template");
+                name
+            })
+        })
+        .join()
+        .expect("creating the template database")
+    })
+}
+
+/// A new database: migrated (from the template) or empty.
+pub async fn fresh_database(migrated: bool) -> String {
+    let name = format!("podium_test_{}", Uuid::new_v4().simple());
+    let template = if migrated { template() } else { "template0" };
+    let mut conn = admin_conn().await;
+    diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
+        .execute(&mut conn)
+        .await
+        .expect("creating a test database");
+    url_for(&name)
+}
+
+pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings {
+    let mut vars: Vec<(String, String)> = vec![
+        ("DATABASE_URL".into(), database_url.into()),
+        ("PODIUM_JWT_SECRET".into(), JWT_SECRET.into()),
+        ("PODIUM_LISTEN".into(), "127.0.0.1:0".into()),
+        ("PODIUM_WORKERS".into(), "1".into()),
+        ("PODIUM_DB_POOL_SIZE".into(), "4".into()),
+    ];
+    vars.extend(
+        overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    Settings::from_vars(vars).expect("valid test settings")
+}
+
+pub const JWT_SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
+pub struct TestApp {
+    pub address: String,
+    pub database_url: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    handle: ServerHandle,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Sends the stop command now; the returned future only waits for it.
+        drop(self.handle.stop(false));
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let database_url = fresh_database(true).await;
+    spawn_app_on(&database_url, overrides).await
+}
+
+pub async fn spawn_app_on(database_url: &str, overrides: &[(&str, &str)]) -> TestApp {
+    let app = Application::build(test_settings(database_url, overrides))
+        .await
+        .expect("building the app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    let handle = app.handle();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        database_url: database_url.to_string(),
+        client: reqwest::Client::new(),
+        state,
+        handle,
+    }
+}
+
+/// A GraphQL response.
+pub struct Gql(pub Value);
+
+impl Gql {
+    pub fn data(&self, path: &str) -> &Value {
+        let mut v = &self.0["data"];
+        for key in path.split('.') {
+            v = &v[key];
+        }
+        assert!(!v.is_null(), "no data at {path}: {}", self.0);
+        v
+    }
+
+    pub fn str(&self, path: &str) -> String {
+        self.data(path)
+            .as_str()
+            .unwrap_or_else(|| panic!("{path} is not a string: {}", self.0))
+            .to_string()
+    }
+
+    pub fn ok(self) -> Self {
+        assert!(
+            self.0.get("errors").is_none(),
+            "unexpected errors: {}",
+            self.0
+        );
+        self
+    }
+
+    /// The code of the first error (panics when there is none).
+    pub fn code(&self) -> &str {
+        self.0["errors"][0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("expected an error: {}", self.0))
+    }
+
+    pub fn error(&self) -> &Value {
+        &self.0["errors"][0]
+    }
+}
+
+pub struct Session {
+    pub access: String,
+    pub refresh: String,
+    pub user_id: String,
+}
+
+impl TestApp {
+    pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Gql {
+        let mut req = self
+            .client
+            .post(format!("{}/graphql", self.address))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.expect("request");
+        Gql(resp.json().await.expect("JSON response"))
+    }
+
+    pub async fn seed(&self) {
+        podium::seed::run(&self.state.pool).await.expect("seeding");
+    }
+
+    pub async fn try_login(&self, email: &str, password: &str) -> Gql {
+        self.gql(
+            None,
+            "mutation($e: String!, $p: String!) { login(input: {email: $e, password: $p}) { accessToken refreshToken user { id } } }",
+            json!({ "e": email, "p": password }),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Session {
+        let r = self.try_login(email, password).await.ok();
+        Session {
+            access: r.str("login.accessToken"),
+            refresh: r.str("login.refreshToken"),
+            user_id: r.str("login.user.id"),
+        }
+    }
+
+    /// Seeds the demo accounts and signs in as the administrator.
+    pub async fn admin(&self) -> Session {
+        self.seed().await;
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Registers a new USER with a unique email.
+    pub async fn register(&self, name: &str) -> (Session, String) {
+        let email = format!("{name}-{}@example.com", Uuid::new_v4().simple());
+        let r = self
+            .gql(
+                None,
+                "mutation($n: String!, $e: String!, $p: String!) { register(input: {name: $n, email: $e, password: $p}) { accessToken refreshToken user { id } } }",
+                json!({ "n": name, "e": email, "p": PASSWORD }),
+            )
+            .await
+            .ok();
+        (
+            Session {
+                access: r.str("register.accessToken"),
+                refresh: r.str("register.refreshToken"),
+                user_id: r.str("register.user.id"),
+            },
+            email,
+        )
+    }
+
+    pub async fn me(&self, token: &str) -> Gql {
+        self.gql(Some(token), "{ me { id email role isActive } }", json!({}))
+            .await
+    }
+}
