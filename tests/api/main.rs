@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a fresh PostgreSQL database per test, in parallel.
 
 mod auth;
+mod embedded;
 mod helpers;
 mod infra;
 mod rest;

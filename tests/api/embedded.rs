@@ -1,0 +1,217 @@
+//! The embedded default, as a newcomer runs it: the `podium` binary with no variables
+//! set starts its own PostgreSQL, seeds the demo data once, and keeps data across restarts.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(mode: u32) -> Self {
+        let path = PathBuf::from(format!(
+            "/tmp/podium-embedded-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn podium(data_dir: &Path, port: u16, log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_podium"))
+        .env_remove("DATABASE_URL")
+        .env_remove("PODIUM_JWT_SECRET")
+        .env("PODIUM_DATA_DIR", data_dir)
+        .env("PODIUM_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PODIUM_WORKERS", "1")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting podium")
+}
+
+async fn wait_ready(client: &reqwest::Client, port: u16, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "podium exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready in time: {}",
+            std::fs::read_to_string(log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stop(child: &mut Child, signal: i32) {
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "clean exit after signal {signal}: {status}"
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "podium did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn gql(
+    client: &reqwest::Client,
+    port: u16,
+    token: Option<&str>,
+    query: &str,
+    vars: serde_json::Value,
+) -> Gql {
+    let mut req = client
+        .post(format!("http://127.0.0.1:{port}/graphql"))
+        .json(&json!({ "query": query, "variables": vars }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    Gql(req.send().await.unwrap().json().await.unwrap())
+}
+
+const LOGIN: &str = "mutation($e: String!, $p: String!) { login(input: {email: $e, password: $p}) { accessToken } }";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_default_runs_with_nothing_set_and_keeps_data() {
+    let dir = TempDir::new(0o755);
+    let data = dir.0.join("data");
+    let client = reqwest::Client::new();
+    let port = free_port();
+
+    let first_log = dir.0.join("first.log");
+    let mut child = podium(&data, port, &first_log);
+    wait_ready(&client, port, &mut child, &first_log).await;
+    let admin = gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+    )
+    .await
+    .ok()
+    .str("login.accessToken");
+    let users = gql(
+        &client,
+        port,
+        Some(&admin),
+        "{ users { totalCount } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    assert_eq!(users.data("users.totalCount"), &json!(2));
+    gql(
+        &client,
+        port,
+        None,
+        "mutation { register(input: {name: \"Kept\", email: \"kept@example.com\", password: \"Password123\"}) { accessToken } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    stop(&mut child, libc::SIGINT);
+    assert!(
+        !data.join("postgres/postmaster.pid").exists(),
+        "PostgreSQL stopped with the server"
+    );
+    let first_output = std::fs::read_to_string(&first_log).unwrap();
+    assert!(
+        first_output.contains("admin@paas.com"),
+        "first start prints the demo logins"
+    );
+
+    let second_log = dir.0.join("second.log");
+    let mut child = podium(&data, port, &second_log);
+    wait_ready(&client, port, &mut child, &second_log).await;
+    gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": "kept@example.com", "p": "Password123" }),
+    )
+    .await
+    .ok();
+    let users = gql(
+        &client,
+        port,
+        Some(&admin),
+        "{ users { totalCount } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        users.data("users.totalCount"),
+        &json!(3),
+        "the JWT secret and the data survived"
+    );
+    stop(&mut child, libc::SIGTERM);
+    assert!(
+        !std::fs::read_to_string(&second_log)
+            .unwrap()
+            .contains("Demo logins"),
+        "seeded once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_data_directory_is_explained() {
+    if unsafe { libc::geteuid() } != 0 {
+        return; // Only root hands the server to the `postgres` user.
+    }
+    let closed = TempDir::new(0o700);
+    let log = closed.0.join("out.log");
+    let mut child = podium(&closed.0.join("data"), free_port(), &log);
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        output.contains("cannot reach") && output.contains("PODIUM_DATA_DIR"),
+        "{output}"
+    );
+}
