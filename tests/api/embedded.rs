@@ -103,13 +103,27 @@ async fn gql(
     query: &str,
     vars: serde_json::Value,
 ) -> Gql {
-    let mut req = client
-        .post(format!("http://127.0.0.1:{port}/graphql"))
-        .json(&json!({ "query": query, "variables": vars }));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    Gql(req.send().await.unwrap().json().await.unwrap())
+    gql_at(
+        client,
+        &format!("http://127.0.0.1:{port}"),
+        token,
+        query,
+        vars,
+    )
+    .await
+}
+
+async fn user_count(client: &reqwest::Client, port: u16, token: &str) -> serde_json::Value {
+    let r = gql(
+        client,
+        port,
+        Some(token),
+        "{ users { totalCount } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    r.data("users.totalCount").clone()
 }
 
 const LOGIN: &str = "mutation($e: String!, $p: String!) { login(input: {email: $e, password: $p}) { accessToken } }";
@@ -134,16 +148,7 @@ async fn embedded_default_runs_with_nothing_set_and_keeps_data() {
     .await
     .ok()
     .str("login.accessToken");
-    let users = gql(
-        &client,
-        port,
-        Some(&admin),
-        "{ users { totalCount } }",
-        json!({}),
-    )
-    .await
-    .ok();
-    assert_eq!(users.data("users.totalCount"), &json!(2));
+    assert_eq!(user_count(&client, port, &admin).await, json!(2));
     gql(
         &client,
         port,
@@ -176,18 +181,9 @@ async fn embedded_default_runs_with_nothing_set_and_keeps_data() {
     )
     .await
     .ok();
-    let users = gql(
-        &client,
-        port,
-        Some(&admin),
-        "{ users { totalCount } }",
-        json!({}),
-    )
-    .await
-    .ok();
     assert_eq!(
-        users.data("users.totalCount"),
-        &json!(3),
+        user_count(&client, port, &admin).await,
+        json!(3),
         "the JWT secret and the data survived"
     );
     stop(&mut child, libc::SIGTERM);

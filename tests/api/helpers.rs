@@ -134,6 +134,24 @@ pub async fn spawn_app_on(database_url: &str, overrides: &[(&str, &str)]) -> Tes
     }
 }
 
+/// Sends a GraphQL request to the server at `base` (e.g. `http://127.0.0.1:8080`).
+pub async fn gql_at(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Gql {
+    let mut req = client
+        .post(format!("{base}/graphql"))
+        .json(&json!({ "query": query, "variables": variables }));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.expect("request");
+    Gql(resp.json().await.expect("JSON response"))
+}
+
 /// A GraphQL response.
 pub struct Gql(pub Value);
 
@@ -183,15 +201,25 @@ pub struct Session {
 
 impl TestApp {
     pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Gql {
-        let mut req = self
-            .client
+        gql_at(&self.client, &self.address, token, query, variables).await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// A raw POST to /graphql, for checking status codes and headers.
+    pub async fn post_graphql(&self, body: Value) -> reqwest::Response {
+        self.client
             .post(format!("{}/graphql", self.address))
-            .json(&json!({ "query": query, "variables": variables }));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        let resp = req.send().await.expect("request");
-        Gql(resp.json().await.expect("JSON response"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
     }
 
     pub async fn seed(&self) {

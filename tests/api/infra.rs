@@ -8,19 +8,9 @@ use crate::helpers::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_readiness() {
     let app = spawn_app().await;
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200);
 
     // Un-apply the newest migration's record: the server is no longer ready.
@@ -31,12 +21,7 @@ async fn health_and_readiness() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
 }
 
@@ -45,12 +30,7 @@ async fn two_servers_migrating_one_empty_database_both_come_up() {
     let url = fresh_database(false).await;
     let (a, b) = tokio::join!(spawn_app_on(&url, &[]), spawn_app_on(&url, &[]));
     for app in [&a, &b] {
-        let ready = app
-            .client
-            .get(format!("{}/readyz", app.address))
-            .send()
-            .await
-            .unwrap();
+        let ready = app.get("/readyz").await;
         assert_eq!(ready.status(), 200);
     }
     // Both serve the same data.
@@ -61,12 +41,7 @@ async fn two_servers_migrating_one_empty_database_both_come_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn security_headers_and_graphiql() {
     let app = spawn_app().await;
-    let r = app
-        .client
-        .get(format!("{}/graphql", app.address))
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/graphql").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert_eq!(r.headers()["x-frame-options"], "DENY");
@@ -96,13 +71,7 @@ async fn cors_allows_only_listed_origins() {
 async fn oversized_bodies_are_refused() {
     let app = spawn_app_with(&[("PODIUM_MAX_BODY_BYTES", "1024")]).await;
     let query = format!("{{ __typename }} # {}", "x".repeat(4096));
-    let r = app
-        .client
-        .post(format!("{}/graphql", app.address))
-        .json(&json!({ "query": query }))
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_graphql(json!({ "query": query })).await;
     assert_eq!(r.status(), 413);
     let bad = app
         .client
@@ -122,13 +91,7 @@ async fn per_ip_rate_limit_answers_rate_limited_with_retry_after() {
     for _ in 0..3 {
         app.gql(None, "{ __typename }", json!({})).await.ok();
     }
-    let r = app
-        .client
-        .post(format!("{}/graphql", app.address))
-        .json(&json!({ "query": "{ __typename }" }))
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_graphql(json!({ "query": "{ __typename }" })).await;
     assert_eq!(r.status(), 429);
     let wait: u64 = r.headers()["retry-after"]
         .to_str()
@@ -163,14 +126,8 @@ async fn login_is_throttled_per_email_and_per_ip() {
         );
     }
     // Even the right password is refused until the window passes.
-    let r = app
-        .client
-        .post(format!("{}/graphql", app.address))
-        .json(&json!({ "query": "mutation($e: String!, $p: String!) { login(input: {email: $e, password: $p}) { accessToken } }",
-                       "variables": { "e": USER_EMAIL, "p": USER_PASSWORD } }))
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_graphql(json!({ "query": "mutation($e: String!, $p: String!) { login(input: {email: $e, password: $p}) { accessToken } }",
+                       "variables": { "e": USER_EMAIL, "p": USER_PASSWORD } })).await;
     assert!(r.headers().get("retry-after").is_some());
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED");
