@@ -1,7 +1,7 @@
 //! Integration tests: one binary, a fresh PostgreSQL database per test, in parallel.
 
 mod auth;
-mod embedded;
+mod binary;
 mod helpers;
 mod infra;
 mod rest;

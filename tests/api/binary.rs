@@ -1,5 +1,5 @@
-//! The embedded default, as a newcomer runs it: the `podium` binary with no variables
-//! set starts its own PostgreSQL, seeds the demo data once, and keeps data across restarts.
+//! The `podium` binary as operators run it: the embedded default with nothing set (its own
+//! PostgreSQL, demo data once, data kept across restarts), and against an external database.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -38,13 +38,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn podium(data_dir: &Path, port: u16, log: &Path) -> Child {
+/// Runs `podium ARGS` with only the given Podium variables set, output to `log`.
+fn podium_with(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_podium"))
-        .env_remove("DATABASE_URL")
-        .env_remove("PODIUM_JWT_SECRET")
-        .env("PODIUM_DATA_DIR", data_dir)
-        .env("PODIUM_LISTEN", format!("127.0.0.1:{port}"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podium"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PODIUM_") || key == "DATABASE_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
         .env("PODIUM_WORKERS", "1")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -52,6 +56,19 @@ fn podium(data_dir: &Path, port: u16, log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .expect("starting podium")
+}
+
+/// The embedded default: nothing set but where to keep data and listen.
+fn podium(data_dir: &Path, port: u16, log: &Path) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    podium_with(
+        &[],
+        &[
+            ("PODIUM_DATA_DIR", data_dir.to_str().unwrap()),
+            ("PODIUM_LISTEN", &listen),
+        ],
+        log,
+    )
 }
 
 async fn wait_ready(client: &reqwest::Client, port: u16, child: &mut Child, log: &Path) {
@@ -209,5 +226,101 @@ async fn an_unreachable_data_directory_is_explained() {
     assert!(
         output.contains("cannot reach") && output.contains("PODIUM_DATA_DIR"),
         "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_external_database_serve_seeds_nothing_and_seed_is_idempotent() {
+    let url = fresh_database(false).await;
+    let dir = TempDir::new(0o755);
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data_dir = dir.0.join("unused-data");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PODIUM_JWT_SECRET", JWT_SECRET),
+        ("PODIUM_LISTEN", listen.as_str()),
+        ("PODIUM_DATA_DIR", data_dir.to_str().unwrap()),
+    ];
+
+    let log = dir.0.join("serve.log");
+    let mut child = podium_with(&[], &env, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    let r = gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+    )
+    .await;
+    assert_eq!(
+        r.code(),
+        "UNAUTHENTICATED",
+        "no demo accounts against an external database"
+    );
+    stop(&mut child, libc::SIGTERM);
+    assert!(!data_dir.exists(), "no embedded cluster either");
+
+    for run in 0..2 {
+        let log = dir.0.join(format!("seed{run}.log"));
+        let status = podium_with(&["seed"], &env, &log).wait().unwrap();
+        assert!(
+            status.success(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    }
+    let log = dir.0.join("migrate.log");
+    assert!(
+        podium_with(&["migrate"], &env, &log)
+            .wait()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("applied 0 migration(s)")
+    );
+
+    let mut child = podium_with(&[], &env, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    let admin = gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+    )
+    .await
+    .ok()
+    .str("login.accessToken");
+    assert_eq!(
+        user_count(&client, port, &admin).await,
+        json!(2),
+        "seeded once, twice run"
+    );
+    stop(&mut child, libc::SIGTERM);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_setting_is_named_at_start() {
+    let dir = TempDir::new(0o755);
+    let log = dir.0.join("out.log");
+    let env = [("DATABASE_URL", "postgres://x@127.0.0.1:1/none")];
+    assert!(!podium_with(&[], &env, &log).wait().unwrap().success());
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("PODIUM_JWT_SECRET")
+    );
+    let env = [("PODIUM_LISTEN", "not-an-address")];
+    assert!(!podium_with(&[], &env, &log).wait().unwrap().success());
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("PODIUM_LISTEN")
     );
 }
