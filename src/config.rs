@@ -30,6 +30,8 @@ pub struct Settings {
     pub jwt_secret: Option<String>,
     pub public_url: String,
     pub base_domain: String,
+    /// ISO 4217 code for prices given without a currency.
+    pub default_currency: String,
     pub log_format: LogFormat,
     pub workers: usize,
     pub db_pool_size: u32,
@@ -47,6 +49,18 @@ pub struct Settings {
     pub login_max_failures_per_email: u32,
     pub login_max_attempts_per_ip: u32,
     pub login_window: Duration,
+    /// What node agents are told: send the next heartbeat in this many seconds.
+    pub heartbeat_interval: Duration,
+    /// Pending heartbeats are written at least this often.
+    pub heartbeat_flush: Duration,
+    /// A node silent for longer becomes INACTIVE (and counts as offline).
+    pub node_stale_after: Duration,
+    pub node_staleness_cron: String,
+    pub token_cleanup_cron: String,
+    /// Run the job workers and the cron scheduler in this process.
+    pub jobs_enabled: bool,
+    pub job_workers: usize,
+    pub job_poll: Duration,
 }
 
 impl Settings {
@@ -129,6 +143,15 @@ impl Settings {
             base_domain: env
                 .get("PODIUM_BASE_DOMAIN")
                 .unwrap_or_else(|| "apps.localhost".into()),
+            default_currency: {
+                let c = env
+                    .get("PODIUM_DEFAULT_CURRENCY")
+                    .unwrap_or_else(|| "IDR".into());
+                crate::money::validate_currency("currency", &c).map_err(|_| ConfigError {
+                    var: "PODIUM_DEFAULT_CURRENCY",
+                    message: "must be a three-letter ISO 4217 code".into(),
+                })?
+            },
             log_format,
             workers: env.positive("PODIUM_WORKERS", default_workers)?,
             db_pool_size: env.positive("PODIUM_DB_POOL_SIZE", 10)?,
@@ -152,6 +175,20 @@ impl Settings {
             login_max_failures_per_email: env.positive("PODIUM_LOGIN_MAX_FAILURES_PER_EMAIL", 5)?,
             login_max_attempts_per_ip: env.positive("PODIUM_LOGIN_MAX_ATTEMPTS_PER_IP", 30)?,
             login_window: Duration::from_secs(env.positive("PODIUM_LOGIN_WINDOW_SECS", 900)?),
+            heartbeat_interval: Duration::from_secs(
+                env.positive("PODIUM_HEARTBEAT_INTERVAL_SECS", 10)?,
+            ),
+            heartbeat_flush: Duration::from_millis(
+                env.positive("PODIUM_HEARTBEAT_FLUSH_MS", 500)?.min(1000),
+            ),
+            node_stale_after: Duration::from_secs(
+                env.positive("PODIUM_NODE_STALE_AFTER_SECS", 60)?,
+            ),
+            node_staleness_cron: env.cron("PODIUM_NODE_STALENESS_CRON", "*/15 * * * * *")?,
+            token_cleanup_cron: env.cron("PODIUM_TOKEN_CLEANUP_CRON", "0 17 3 * * *")?,
+            jobs_enabled: env.parse("PODIUM_JOBS_ENABLED", true)?,
+            job_workers: env.positive("PODIUM_JOB_WORKERS", 2)?,
+            job_poll: Duration::from_millis(env.positive("PODIUM_JOB_POLL_MS", 1000)?),
         })
     }
 
@@ -179,6 +216,16 @@ impl Env {
                 message: format!("cannot parse {raw:?}: {e}"),
             }),
         }
+    }
+
+    /// A cron expression with seconds: `sec min hour day-of-month month day-of-week`.
+    fn cron(&self, var: &'static str, default: &str) -> Result<String, ConfigError> {
+        let expr = self.get(var).unwrap_or_else(|| default.to_string());
+        expr.parse::<cron::Schedule>().map_err(|e| ConfigError {
+            var,
+            message: format!("not a cron expression (sec min hour day month weekday): {e}"),
+        })?;
+        Ok(expr)
     }
 
     fn positive<T>(&self, var: &'static str, default: T) -> Result<T, ConfigError>

@@ -2,11 +2,16 @@
 
 pub mod audit;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod graphql;
 pub mod http;
+pub mod jobs;
+pub mod money;
+pub mod nodes;
 pub mod pagination;
 pub mod ratelimit;
 pub mod seed;

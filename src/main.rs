@@ -59,8 +59,16 @@ fn main() -> anyhow::Result<()> {
                     let url = settings.database_url.as_deref().expect("resolved");
                     db::migrate::run(url).await?;
                     let pool = db::connect_pool(url, 2).await?;
-                    let created = seed::run(&pool).await?;
-                    println!("seeded; new accounts: {created:?}");
+                    let report = seed::run(&pool).await?;
+                    println!(
+                        "seeded: {} new account(s), {} new service(s), {} new node(s)",
+                        report.users.len(),
+                        report.services.len(),
+                        report.nodes.len()
+                    );
+                    for (name, token) in &report.nodes {
+                        println!("  node {name}: token {token} (shown once)");
+                    }
                     Ok(())
                 }
                 Command::PrintSchema => unreachable!(),
@@ -109,12 +117,9 @@ async fn serve(settings: Settings, embedded: Option<&EmbeddedPostgres>) -> anyho
     if embedded.is_some() {
         let marker = data_dir.join("seeded");
         if !marker.exists() {
-            seed::run(&app.state().pool).await?;
+            let report = seed::run(&app.state().pool).await?;
             std::fs::write(&marker, "demo data loaded\n")?;
-            println!(
-                "\nPodium demo data loaded. Demo logins:\n{}\n",
-                seed::demo_logins()
-            );
+            println!("\nPodium demo data loaded. {}", seed::banner(&report));
         }
     }
     tracing::info!(

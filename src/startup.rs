@@ -11,16 +11,22 @@ use tracing_actix_web::TracingLogger;
 
 use crate::auth::{jwt::JwtKeys, password};
 use crate::config::Settings;
-use crate::db::{self, migrate};
+use crate::db::{self, QueryCounter, migrate};
+use crate::events::{Event, EventBus};
 use crate::graphql::{self, PodiumSchema, SchemaLimits, handlers};
 use crate::http;
+use crate::jobs;
+use crate::nodes::heartbeat::Heartbeats;
 use crate::ratelimit::Limits;
 use crate::state::AppState;
+use tokio::sync::watch;
 
 pub struct Application {
     port: u16,
     server: Server,
     state: AppState,
+    shutdown: watch::Sender<bool>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -38,7 +44,8 @@ impl Application {
         if applied > 0 {
             tracing::info!(applied, "database migrations applied");
         }
-        let pool = db::connect_pool(&url, settings.db_pool_size).await?;
+        let queries = QueryCounter::default();
+        let pool = db::connect_counted_pool(&url, settings.db_pool_size, queries.clone()).await?;
         tokio::task::spawn_blocking(password::warm_up);
 
         let state = AppState {
@@ -46,8 +53,14 @@ impl Application {
             jwt: JwtKeys::new(&secret, settings.access_token_ttl),
             limits: Arc::new(Limits::from_settings(&settings)),
             latest_migration: migrate::latest_version().into(),
+            events: EventBus::default(),
+            heartbeats: Arc::new(Heartbeats::default()),
+            jobs_wakeup: Arc::new(tokio::sync::Notify::new()),
+            queries,
             settings: Arc::new(settings),
         };
+        let (shutdown, stopping) = watch::channel(false);
+        let background = spawn_background(&state, &url, stopping).await;
         let schema = graphql::build_schema(SchemaLimits::from(state.settings.as_ref()));
         let listener = TcpListener::bind(state.settings.listen)
             .with_context(|| format!("binding PODIUM_LISTEN={}", state.settings.listen))?;
@@ -57,6 +70,8 @@ impl Application {
             port,
             server,
             state,
+            shutdown,
+            background,
         })
     }
 
@@ -74,8 +89,68 @@ impl Application {
 
     /// Serves until SIGINT/SIGTERM (graceful: in-flight requests finish) or `handle().stop()`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        // Background work stops after the last request: pending heartbeats are flushed.
+        self.shutdown.send_replace(true);
+        for task in self.background {
+            let _ = task.await;
+        }
+        served
     }
+}
+
+/// The event listener, the heartbeat flusher, and (unless disabled) job workers and the scheduler.
+async fn spawn_background(
+    state: &AppState,
+    url: &str,
+    stopping: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![
+        state
+            .events
+            .spawn_listener(url.to_string(), stopping.clone()),
+        state.clone().heartbeats.spawn_flusher(
+            state.pool.clone(),
+            state.settings.heartbeat_flush,
+            stopping.clone(),
+        ),
+    ];
+    // Keep the heartbeat path's view of node statuses current across replicas.
+    let mut events = state.events.subscribe();
+    let heartbeats = state.heartbeats.clone();
+    let mut stop = stopping.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(event) => {
+                        let Event::WorkerNodeStatusChanged { node_id, status, .. } = *event;
+                        heartbeats.observe_status(node_id, status);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }));
+    if state.settings.jobs_enabled {
+        tasks.extend(jobs::runner::spawn_workers(
+            state.clone(),
+            state.settings.job_workers,
+            state.settings.job_poll,
+            stopping.clone(),
+        ));
+        tasks.push(jobs::scheduler::spawn(state.clone(), stopping));
+    }
+    if !state
+        .events
+        .wait_listening(std::time::Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!("the event listener is not connected yet; live events may be delayed");
+    }
+    tasks
 }
 
 fn serve(listener: TcpListener, state: AppState, schema: PodiumSchema) -> anyhow::Result<Server> {

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use crate::auth::jwt::JwtKeys;
 use crate::config::Settings;
-use crate::db::DbPool;
+use crate::db::{DbPool, QueryCounter};
+use crate::events::EventBus;
+use crate::nodes::heartbeat::Heartbeats;
 use crate::ratelimit::Limits;
 
 #[derive(Clone)]
@@ -15,6 +17,12 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// The newest embedded migration: `/readyz` checks the database has it.
     pub latest_migration: Arc<str>,
+    pub events: EventBus,
+    pub heartbeats: Arc<Heartbeats>,
+    /// Wakes this process's job workers when it enqueues a job.
+    pub jobs_wakeup: Arc<tokio::sync::Notify>,
+    /// Statements run by the pool's connections.
+    pub queries: QueryCounter,
 }
 
 /// Who is calling from where: for sessions, throttling and the audit trail.

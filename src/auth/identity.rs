@@ -30,6 +30,11 @@ pub enum Identity {
     /// A token was sent but is malformed, expired, revoked, or its user is deactivated.
     Invalid,
     User(Actor),
+    /// A worker node's token (`pdn_...`), checked by the heartbeat path itself, which
+    /// keeps the tokens it has seen in memory: heartbeats are too frequent for a lookup each.
+    Node {
+        token_hash: Vec<u8>,
+    },
 }
 
 impl Identity {
@@ -38,10 +43,17 @@ impl Identity {
         match self {
             Identity::User(actor) => Ok(actor),
             Identity::Anonymous => Err(AppError::unauthenticated()),
+            Identity::Node { .. } => Err(AppError::Forbidden(
+                "node tokens only send heartbeats".into(),
+            )),
             Identity::Invalid => Err(AppError::Unauthenticated(
                 "the access token is invalid, expired or revoked".into(),
             )),
         }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Identity::User(actor) if actor.is_admin())
     }
 
     /// A signed-in administrator, or UNAUTHENTICATED / FORBIDDEN.
@@ -66,6 +78,11 @@ pub async fn resolve(state: &AppState, authorization: Option<&str>) -> AppResult
     else {
         return Ok(Identity::Invalid);
     };
+    if token.starts_with(crate::nodes::TOKEN_PREFIX) {
+        return Ok(Identity::Node {
+            token_hash: super::token_hash(token),
+        });
+    }
     let claims = match state.jwt.verify(token) {
         Ok(claims) => claims,
         Err(e) => {

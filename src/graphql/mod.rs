@@ -10,6 +10,7 @@ use async_graphql::{
 use uuid::Uuid;
 
 use crate::auth::Identity;
+use crate::catalog::graphql::CatalogLoader;
 use crate::config::Settings;
 use crate::error::{AppError, AppResult};
 use crate::pagination::{Cursor, Page};
@@ -32,7 +33,10 @@ pub struct MutationRoot(
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(crate::users::graphql::UsersSubscription);
+pub struct SubscriptionRoot(
+    crate::users::graphql::UsersSubscription,
+    crate::nodes::graphql::NodesSubscription,
+);
 
 pub type PodiumSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
@@ -97,6 +101,10 @@ pub fn request_data(
     data.insert(client);
     data.insert(DataLoader::new(
         UserLoader::new(state.clone()),
+        tokio::spawn,
+    ));
+    data.insert(DataLoader::new(
+        CatalogLoader::new(state.clone()),
         tokio::spawn,
     ));
     data

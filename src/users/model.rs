@@ -1,11 +1,10 @@
 //! The `users` table and its queries.
 
 use chrono::{DateTime, Utc};
-use diesel::deserialize::{FromSql, FromSqlRow};
+use diesel::deserialize::FromSqlRow;
 use diesel::expression::AsExpression;
-use diesel::pg::{Pg, PgValue};
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::serialize::{Output, ToSql};
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
@@ -33,30 +32,10 @@ pub enum Role {
     Administrator,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "USER",
-            Role::Administrator => "ADMINISTRATOR",
-        }
-    }
-}
-
-impl ToSql<Text, Pg> for Role {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
-        <str as ToSql<Text, Pg>>::to_sql(self.as_str(), out)
-    }
-}
-
-impl FromSql<Text, Pg> for Role {
-    fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
-        match <String as FromSql<Text, Pg>>::from_sql(bytes)?.as_str() {
-            "USER" => Ok(Role::User),
-            "ADMINISTRATOR" => Ok(Role::Administrator),
-            other => Err(format!("unknown role {other:?}").into()),
-        }
-    }
-}
+crate::text_enum!(Role {
+    User => "USER",
+    Administrator => "ADMINISTRATOR",
+});
 
 #[derive(Queryable, Selectable, Identifiable, Clone, Debug)]
 #[diesel(table_name = users, check_for_backend(Pg))]
@@ -132,7 +111,7 @@ fn filtered(filter: &UserFilter) -> users::BoxedQuery<'static, Pg> {
 }
 
 /// Escapes LIKE wildcards so a search for `50%` means the text `50%`.
-fn escape_like(s: &str) -> String {
+pub fn escape_like(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_")

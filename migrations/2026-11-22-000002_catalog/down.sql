@@ -1,0 +1,3 @@
+DROP TABLE service_plans;
+DROP TABLE services;
+DROP TABLE service_categories;

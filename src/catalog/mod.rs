@@ -1,0 +1,5 @@
+//! The catalog: what customers can buy (services and their plans, by category).
+
+pub mod graphql;
+pub mod model;
+pub mod service;

@@ -1,0 +1,692 @@
+//! Catalog rules: who sees what, validation, and the administrators' changes (audited).
+
+use std::collections::BTreeMap;
+
+use diesel_async::AsyncConnection;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::model::{
+    self, Category, CategoryChanges, Plan, PlanChanges, Service, ServiceChanges, ServiceFilter,
+};
+use crate::audit;
+use crate::auth::Identity;
+use crate::error::{AppError, AppResult, FieldErrors, is_unique_violation};
+use crate::pagination::{Page, PageArgs};
+use crate::state::AppState;
+
+pub const PLAN_TYPES: [&str; 4] = ["BASIC", "STANDARD", "PREMIUM", "ENTERPRISE"];
+
+/// Collects field errors, so one answer lists every problem of an input.
+#[derive(Default)]
+pub struct Checks(FieldErrors);
+
+impl Checks {
+    pub fn check(&mut self, ok: bool, field: &str, message: &str) {
+        if !ok {
+            self.0
+                .entry(field.to_string())
+                .or_default()
+                .push(message.to_string());
+        }
+    }
+
+    pub fn absorb(&mut self, result: AppResult<()>) {
+        if let Err(AppError::BadUserInput { fields, .. }) = result {
+            for (field, messages) in fields {
+                self.0.entry(field).or_default().extend(messages);
+            }
+        }
+    }
+
+    pub fn finish(self) -> AppResult<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let summary = self
+            .0
+            .iter()
+            .map(|(f, m)| format!("{f}: {}", m.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(AppError::BadUserInput {
+            message: format!("invalid input: {summary}"),
+            fields: self.0,
+        })
+    }
+}
+
+pub fn is_slug(s: &str) -> bool {
+    (2..=63).contains(&s.len())
+        && s.split('-').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+}
+
+/// `[host[:port]/]path[:tag][@sha256:<64 hex>]`, as Docker parses image references.
+pub fn is_image_reference(s: &str) -> bool {
+    if s.is_empty() || s.len() > 255 {
+        return false;
+    }
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64
+                && h.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        });
+        if !ok {
+            return false;
+        }
+    }
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let ok = !tag.is_empty()
+            && tag.len() <= 128
+            && !tag.starts_with(['.', '-'])
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            return false;
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    let first = parts[0];
+    if parts.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost") {
+        let (host, port) = first.split_once(':').unwrap_or((first, "0"));
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        if !host_ok || port.parse::<u16>().is_err() {
+            return false;
+        }
+        parts.remove(0);
+    }
+    !parts.is_empty()
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+                && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && p.ends_with(|c: char| c.is_ascii_alphanumeric())
+        })
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn conflict_on_duplicate(what: &'static str) -> impl Fn(diesel::result::Error) -> AppError {
+    move |e| {
+        if is_unique_violation(&e) {
+            AppError::Conflict(format!("{what} already exists"))
+        } else {
+            e.into()
+        }
+    }
+}
+
+// ---- reading
+
+pub async fn categories(state: &AppState, identity: &Identity) -> AppResult<Vec<Category>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::categories(&mut conn, identity.is_admin()).await?)
+}
+
+pub struct ServiceQuery {
+    pub category_slug: Option<String>,
+    pub search: Option<String>,
+    pub featured: Option<bool>,
+}
+
+/// Customers see active, public services with at least one active plan; administrators see all.
+pub async fn services(
+    state: &AppState,
+    identity: &Identity,
+    query: ServiceQuery,
+    page: PageArgs,
+) -> AppResult<Page<Service>> {
+    let mut conn = state.pool.get().await?;
+    let mut filter = ServiceFilter {
+        category_id: None,
+        search: query.search,
+        featured: query.featured,
+        customer_view: !identity.is_admin(),
+    };
+    if let Some(slug) = query.category_slug {
+        match model::category_by_slug(&mut conn, &slug).await? {
+            Some(c) if c.is_active || identity.is_admin() => filter.category_id = Some(c.id),
+            _ => return Ok(Page::from_rows(Vec::new(), &page, 0)),
+        }
+    }
+    let rows = model::list_services(&mut conn, &filter, &page).await?;
+    let total = model::count_services(&mut conn, &filter).await?;
+    Ok(Page::from_rows(rows, &page, total))
+}
+
+pub async fn service_by_slug(
+    state: &AppState,
+    identity: &Identity,
+    slug: &str,
+) -> AppResult<Service> {
+    let mut conn = state.pool.get().await?;
+    let service = model::service_by_slug(&mut conn, slug).await?;
+    let visible = match &service {
+        Some(s) if identity.is_admin() => true,
+        Some(s) if s.is_active && s.is_public => model::plans_of_services(&mut conn, &[s.id])
+            .await?
+            .iter()
+            .any(|p| p.is_active),
+        _ => false,
+    };
+    match service {
+        Some(s) if visible => Ok(s),
+        _ => Err(AppError::not_found("service")),
+    }
+}
+
+/// Plans per service, for the DataLoader; visibility is applied by the caller.
+pub async fn plans_of_services(
+    state: &AppState,
+    service_ids: &[Uuid],
+) -> AppResult<BTreeMap<Uuid, Vec<Plan>>> {
+    let mut conn = state.pool.get().await?;
+    let mut by_service: BTreeMap<Uuid, Vec<Plan>> = BTreeMap::new();
+    for plan in model::plans_of_services(&mut conn, service_ids).await? {
+        by_service.entry(plan.service_id).or_default().push(plan);
+    }
+    Ok(by_service)
+}
+
+pub async fn categories_by_ids(state: &AppState, ids: &[Uuid]) -> AppResult<Vec<Category>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::categories_by_ids(&mut conn, ids).await?)
+}
+
+// ---- administrators' changes
+
+pub struct CategoryInput {
+    pub slug: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub icon: Option<String>,
+    pub sort_order: Option<i32>,
+    pub is_active: Option<bool>,
+}
+
+impl CategoryInput {
+    pub fn validate(&self, creating: bool) -> AppResult<CategoryChanges> {
+        let mut checks = Checks::default();
+        checks.check(!creating || self.slug.is_some(), "slug", "is required");
+        checks.check(!creating || self.name.is_some(), "name", "is required");
+        if let Some(slug) = &self.slug {
+            checks.check(
+                is_slug(slug),
+                "slug",
+                "must be 2 to 63 lowercase letters, digits and single hyphens",
+            );
+        }
+        if let Some(name) = &self.name {
+            checks.check(
+                (1..=100).contains(&name.trim().chars().count()),
+                "name",
+                "must be 1 to 100 characters",
+            );
+        }
+        checks.finish()?;
+        Ok(CategoryChanges {
+            slug: self.slug.clone(),
+            name: self.name.as_ref().map(|n| n.trim().to_string()),
+            description: self.description.clone(),
+            icon: self.icon.clone().map(Some),
+            sort_order: self.sort_order,
+            is_active: self.is_active,
+        })
+    }
+}
+
+pub async fn create_category(
+    state: &AppState,
+    identity: &Identity,
+    input: CategoryInput,
+) -> AppResult<Category> {
+    let actor = identity.admin()?;
+    let changes = input.validate(true)?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let c = model::insert_category(conn, &changes)
+            .await
+            .map_err(conflict_on_duplicate("a category with this slug"))?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "category.create",
+            "ServiceCategory",
+            c.id,
+            json!({ "slug": c.slug }),
+        )
+        .await?;
+        Ok(c)
+    })
+    .await
+}
+
+pub async fn update_category(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+    input: CategoryInput,
+) -> AppResult<Category> {
+    let actor = identity.admin()?;
+    let changes = input.validate(false)?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let c = model::update_category(conn, id, &changes)
+            .await
+            .map_err(conflict_on_duplicate("a category with this slug"))?
+            .ok_or_else(|| AppError::not_found("category"))?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "category.update",
+            "ServiceCategory",
+            id,
+            json!({ "slug": c.slug, "isActive": c.is_active }),
+        )
+        .await?;
+        Ok(c)
+    })
+    .await
+}
+
+#[derive(Default)]
+pub struct ServiceInput {
+    pub category_id: Option<Option<Uuid>>,
+    pub slug: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub icon: Option<String>,
+    pub docker_image: Option<String>,
+    pub container_port: Option<i32>,
+    pub env_template: Option<serde_json::Value>,
+    pub volume_mount_path: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub is_active: Option<bool>,
+    pub is_public: Option<bool>,
+    pub is_featured: Option<bool>,
+}
+
+impl ServiceInput {
+    pub fn validate(&self, creating: bool) -> AppResult<ServiceChanges> {
+        let mut checks = Checks::default();
+        for (field, present) in [
+            ("slug", self.slug.is_some()),
+            ("name", self.name.is_some()),
+            ("dockerImage", self.docker_image.is_some()),
+            ("containerPort", self.container_port.is_some()),
+        ] {
+            checks.check(!creating || present, field, "is required");
+        }
+        if let Some(slug) = &self.slug {
+            checks.check(
+                is_slug(slug),
+                "slug",
+                "must be 2 to 63 lowercase letters, digits and single hyphens",
+            );
+        }
+        if let Some(name) = &self.name {
+            checks.check(
+                (1..=100).contains(&name.trim().chars().count()),
+                "name",
+                "must be 1 to 100 characters",
+            );
+        }
+        if let Some(image) = &self.docker_image {
+            checks.check(
+                is_image_reference(image),
+                "dockerImage",
+                "must be a container image reference such as n8nio/n8n:1.64.0 or ghcr.io/org/app@sha256:<digest>",
+            );
+        }
+        if let Some(port) = self.container_port {
+            checks.check(
+                (1..=65535).contains(&port),
+                "containerPort",
+                "must be between 1 and 65535",
+            );
+        }
+        if let Some(env) = &self.env_template {
+            let ok = env
+                .as_object()
+                .is_some_and(|o| o.iter().all(|(k, v)| is_env_name(k) && v.is_string()));
+            checks.check(
+                ok,
+                "envTemplate",
+                "must be an object of variable names (letters, digits, _) to string templates",
+            );
+        }
+        if let Some(path) = &self.volume_mount_path {
+            checks.check(
+                path.starts_with('/') && !path.contains(".."),
+                "volumeMountPath",
+                "must be an absolute path",
+            );
+        }
+        if let Some(tags) = &self.tags {
+            checks.check(
+                tags.len() <= 20 && tags.iter().all(|t| (1..=40).contains(&t.len())),
+                "tags",
+                "at most 20 tags of 1 to 40 characters",
+            );
+        }
+        checks.finish()?;
+        Ok(ServiceChanges {
+            category_id: self.category_id,
+            slug: self.slug.clone(),
+            name: self.name.as_ref().map(|n| n.trim().to_string()),
+            description: self.description.clone(),
+            icon: self.icon.clone().map(Some),
+            docker_image: self.docker_image.clone(),
+            container_port: self.container_port,
+            env_template: self.env_template.clone(),
+            volume_mount_path: self.volume_mount_path.clone().map(Some),
+            tags: self.tags.clone(),
+            is_active: self.is_active,
+            is_public: self.is_public,
+            is_featured: self.is_featured,
+        })
+    }
+}
+
+pub async fn create_service(
+    state: &AppState,
+    identity: &Identity,
+    input: ServiceInput,
+) -> AppResult<Service> {
+    let actor = identity.admin()?;
+    let changes = input.validate(true)?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let s = model::insert_service(conn, &changes)
+            .await
+            .map_err(conflict_on_duplicate("a service with this slug"))?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "service.create",
+            "Service",
+            s.id,
+            json!({ "slug": s.slug, "image": s.docker_image }),
+        )
+        .await?;
+        Ok(s)
+    })
+    .await
+}
+
+pub async fn update_service(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+    input: ServiceInput,
+) -> AppResult<Service> {
+    let actor = identity.admin()?;
+    let changes = input.validate(false)?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let s = model::update_service(conn, id, &changes)
+            .await
+            .map_err(conflict_on_duplicate("a service with this slug"))?
+            .ok_or_else(|| AppError::not_found("service"))?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "service.update",
+            "Service",
+            id,
+            json!({ "slug": s.slug, "isActive": s.is_active, "isPublic": s.is_public, "image": s.docker_image }),
+        )
+        .await?;
+        Ok(s)
+    })
+    .await
+}
+
+#[derive(Default)]
+pub struct PlanInput {
+    pub service_id: Option<Uuid>,
+    pub name: Option<String>,
+    pub plan_type: Option<String>,
+    /// (minor units, currency), already parsed.
+    pub monthly_price: Option<AppResult<(i64, String)>>,
+    pub cpu_milli: Option<i32>,
+    pub memory_mb: Option<i32>,
+    pub storage_gb: Option<i32>,
+    pub total_quota: Option<Option<i32>>,
+    pub max_instances_per_user: Option<Option<i32>>,
+    pub sort_order: Option<i32>,
+    pub is_active: Option<bool>,
+}
+
+impl PlanInput {
+    pub fn validate(self, creating: bool) -> AppResult<PlanChanges> {
+        let mut checks = Checks::default();
+        for (field, present) in [
+            ("serviceId", self.service_id.is_some()),
+            ("name", self.name.is_some()),
+            ("monthlyPrice", self.monthly_price.is_some()),
+            ("cpuMilli", self.cpu_milli.is_some()),
+            ("memoryMb", self.memory_mb.is_some()),
+            ("storageGb", self.storage_gb.is_some()),
+        ] {
+            checks.check(!creating || present, field, "is required");
+        }
+        if let Some(name) = &self.name {
+            checks.check(
+                (1..=60).contains(&name.trim().chars().count()),
+                "name",
+                "must be 1 to 60 characters",
+            );
+        }
+        if let Some(t) = &self.plan_type {
+            checks.check(
+                PLAN_TYPES.contains(&t.as_str()),
+                "planType",
+                "must be BASIC, STANDARD, PREMIUM or ENTERPRISE",
+            );
+        }
+        for (field, value) in [
+            ("cpuMilli", self.cpu_milli),
+            ("memoryMb", self.memory_mb),
+            ("storageGb", self.storage_gb),
+        ] {
+            if let Some(v) = value {
+                checks.check(v > 0, field, "must be above zero");
+            }
+        }
+        if let Some(Some(q)) = self.total_quota {
+            checks.check(
+                q >= 0,
+                "totalQuota",
+                "must not be negative (null means unlimited)",
+            );
+        }
+        if let Some(Some(m)) = self.max_instances_per_user {
+            checks.check(
+                m > 0,
+                "maxInstancesPerUser",
+                "must be above zero (null means no limit)",
+            );
+        }
+        let price = match self.monthly_price {
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                checks.absorb(Err(e));
+                None
+            }
+            None => None,
+        };
+        checks.finish()?;
+        Ok(PlanChanges {
+            service_id: self.service_id,
+            name: self.name.map(|n| n.trim().to_string()),
+            plan_type: self
+                .plan_type
+                .or_else(|| creating.then(|| "BASIC".to_string())),
+            monthly_price: price.as_ref().map(|p| p.0),
+            currency: price.map(|p| p.1),
+            cpu_milli: self.cpu_milli,
+            memory_mb: self.memory_mb,
+            storage_gb: self.storage_gb,
+            total_quota: self.total_quota,
+            max_instances_per_user: self.max_instances_per_user,
+            sort_order: self.sort_order,
+            is_active: self.is_active,
+        })
+    }
+}
+
+pub async fn create_plan(
+    state: &AppState,
+    identity: &Identity,
+    input: PlanInput,
+) -> AppResult<Plan> {
+    let actor = identity.admin()?;
+    let changes = input.validate(true)?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let service_id = changes.service_id.expect("validated");
+        model::service(conn, service_id).await?.ok_or_else(|| AppError::not_found("service"))?;
+        let p = model::insert_plan(conn, &changes)
+            .await
+            .map_err(conflict_on_duplicate("a plan with this name for this service"))?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "plan.create",
+            "ServicePlan",
+            p.id,
+            json!({ "serviceId": p.service_id, "name": p.name, "monthlyPrice": p.monthly_price, "currency": p.currency }),
+        )
+        .await?;
+        Ok(p)
+    })
+    .await
+}
+
+pub async fn update_plan(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+    input: PlanInput,
+) -> AppResult<Plan> {
+    let actor = identity.admin()?;
+    let changes = input.validate(false)?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let p = model::update_plan(conn, id, &changes)
+            .await
+            .map_err(|e| match &e {
+                diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::CheckViolation, _) => {
+                    AppError::field("totalQuota", "cannot be below the quota already used")
+                }
+                _ => conflict_on_duplicate("a plan with this name for this service")(e),
+            })?
+            .ok_or_else(|| AppError::not_found("plan"))?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "plan.update",
+            "ServicePlan",
+            id,
+            json!({ "name": p.name, "monthlyPrice": p.monthly_price, "currency": p.currency, "isActive": p.is_active }),
+        )
+        .await?;
+        Ok(p)
+    })
+    .await
+}
+
+/// Deletes a plan nobody holds. A plan with live subscriptions is deactivated instead
+/// (CONFLICT); subscriptions keep the price they were sold at until their next renewal.
+pub async fn delete_plan(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<()> {
+    let actor = identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let plan = model::plan(conn, id)
+            .await?
+            .ok_or_else(|| AppError::not_found("plan"))?;
+        // `used_quota` counts the plan's live subscriptions.
+        if plan.used_quota > 0 {
+            return Err(AppError::Conflict(format!(
+                "the plan has {} live subscription(s): deactivate it instead",
+                plan.used_quota
+            )));
+        }
+        model::delete_plan(conn, id).await?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "plan.delete",
+            "ServicePlan",
+            id,
+            json!({ "name": plan.name }),
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "n8nio/n8n:1.64.0",
+            "ghost:5-alpine",
+            "wordpress",
+            "ghcr.io/plausible/community-edition:v2.1.4",
+            "localhost:5000/app",
+            "gitea/gitea@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(is_image_reference(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "UPPER/case",
+            "n8n:",
+            "a//b",
+            "n8n:tag with space",
+            "x@sha256:short",
+            "-lead/img",
+        ] {
+            assert!(!is_image_reference(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn slugs() {
+        assert!(is_slug("uptime-kuma"));
+        assert!(!is_slug("Uptime"));
+        assert!(!is_slug("a--b"));
+        assert!(!is_slug("-a"));
+    }
+}

@@ -1,0 +1,71 @@
+//! Administrators' view of the job queue.
+
+use async_graphql::{Context, ID, Json, Object, Result};
+use chrono::{DateTime, Utc};
+
+use super::model::{Job, JobFilter, JobStatus};
+use super::service;
+use crate::graphql::{ContextExt, PodiumConnection, connection};
+use crate::pagination::PageArgs;
+
+#[Object(name = "Job")]
+impl Job {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    /// e.g. `node.staleness`.
+    async fn kind(&self) -> &str {
+        &self.kind
+    }
+    async fn payload(&self) -> Json<&serde_json::Value> {
+        Json(&self.payload)
+    }
+    async fn status(&self) -> JobStatus {
+        self.status
+    }
+    async fn run_at(&self) -> DateTime<Utc> {
+        self.run_at
+    }
+    async fn attempts(&self) -> i32 {
+        self.attempts
+    }
+    async fn max_attempts(&self) -> i32 {
+        self.max_attempts
+    }
+    /// The error of the latest failed attempt.
+    async fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.finished_at
+    }
+}
+
+#[derive(Default)]
+pub struct JobsQuery;
+
+#[Object]
+impl JobsQuery {
+    /// Administrators: recent jobs, newest first, with their errors.
+    async fn jobs(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<JobStatus>,
+        kind: Option<String>,
+    ) -> Result<PodiumConnection<Job>> {
+        let page = PageArgs::new(first, after.as_deref())?;
+        let page = service::list(
+            ctx.state(),
+            ctx.identity(),
+            JobFilter { status, kind },
+            page,
+        )
+        .await?;
+        Ok(connection(page, Job::cursor, |j| j))
+    }
+}

@@ -1,0 +1,404 @@
+//! Worker-node administration (administrators only, audited) and staleness.
+
+use std::collections::BTreeMap;
+
+use diesel_async::AsyncConnection;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::TOKEN_PREFIX;
+use super::model::{
+    self, NodeChanges, NodeFilter, NodeStatus, NodeTotals, StatusChange, WorkerNode,
+};
+use crate::audit;
+use crate::auth::{Identity, new_opaque_token, token_hash};
+use crate::catalog::service::Checks;
+use crate::db::Conn;
+use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::events::{self, Event};
+use crate::pagination::{Page, PageArgs};
+use crate::state::AppState;
+
+#[derive(Default, Clone)]
+pub struct NodeInput {
+    pub changes: NodeChanges,
+}
+
+impl NodeInput {
+    fn validate(&self, creating: bool) -> AppResult<()> {
+        let c = &self.changes;
+        let mut checks = Checks::default();
+        for (field, present) in [
+            ("name", c.name.is_some()),
+            ("hostname", c.hostname.is_some()),
+            ("ipAddress", c.ip_address.is_some()),
+            ("cpuCores", c.cpu_cores.is_some()),
+            ("memoryMb", c.memory_mb.is_some()),
+            ("storageMb", c.storage_mb.is_some()),
+        ] {
+            checks.check(!creating || present, field, "is required");
+        }
+        if let Some(name) = &c.name {
+            checks.check(
+                (1..=63).contains(&name.len())
+                    && name
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-._".contains(ch)),
+                "name",
+                "must be 1 to 63 letters, digits, '-', '.' or '_'",
+            );
+        }
+        if let Some(host) = &c.hostname {
+            checks.check(
+                (1..=253).contains(&host.len())
+                    && host
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-.".contains(ch)),
+                "hostname",
+                "must be a DNS hostname",
+            );
+        }
+        if let Some(ip) = &c.ip_address {
+            checks.check(
+                ip.parse::<std::net::IpAddr>().is_ok(),
+                "ipAddress",
+                "must be an IPv4 or IPv6 address",
+            );
+        }
+        if let Some(v) = c.cpu_cores {
+            checks.check(v > 0, "cpuCores", "must be above zero");
+        }
+        for (field, value) in [("memoryMb", c.memory_mb), ("storageMb", c.storage_mb)] {
+            if let Some(v) = value {
+                checks.check(v > 0, field, "must be above zero");
+            }
+        }
+        if let Some(v) = c.max_pods {
+            checks.check(v > 0, "maxPods", "must be above zero");
+        }
+        if let Some(labels) = &c.labels {
+            checks.check(
+                labels
+                    .as_object()
+                    .is_some_and(|o| o.values().all(|v| v.is_string())),
+                "labels",
+                "must be an object of string values",
+            );
+        }
+        if let Some(taints) = &c.taints {
+            checks.check(taints.is_array(), "taints", "must be a list");
+        }
+        checks.finish()
+    }
+}
+
+fn name_conflict(e: diesel::result::Error) -> AppError {
+    if is_unique_violation(&e) {
+        AppError::Conflict("a worker node with this name already exists".into())
+    } else {
+        e.into()
+    }
+}
+
+/// A new node token: shown once, stored hashed.
+fn new_token() -> (String, Vec<u8>) {
+    let token = new_opaque_token(TOKEN_PREFIX);
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+pub fn stale_after(state: &AppState) -> chrono::Duration {
+    chrono::Duration::from_std(state.settings.node_stale_after)
+        .unwrap_or(chrono::Duration::seconds(60))
+}
+
+pub async fn list(
+    state: &AppState,
+    identity: &Identity,
+    mut filter: NodeFilter,
+    page: PageArgs,
+) -> AppResult<Page<WorkerNode>> {
+    identity.admin()?;
+    filter.stale_after = stale_after(state);
+    let mut conn = state.pool.get().await?;
+    let rows = model::list(&mut conn, &filter, &page).await?;
+    let total = model::count(&mut conn, &filter).await?;
+    Ok(Page::from_rows(rows, &page, total))
+}
+
+pub async fn get(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<WorkerNode> {
+    identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    model::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("worker node"))
+}
+
+pub async fn find_many(state: &AppState, ids: &[Uuid]) -> AppResult<Vec<WorkerNode>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::find_many(&mut conn, ids).await?)
+}
+
+pub struct NodeStats {
+    pub totals: NodeTotals,
+    pub by_status: BTreeMap<&'static str, i64>,
+}
+
+pub async fn stats(state: &AppState, identity: &Identity) -> AppResult<NodeStats> {
+    identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    let totals = model::totals(&mut conn, stale_after(state).num_seconds()).await?;
+    let mut by_status: BTreeMap<&'static str, i64> = [
+        NodeStatus::Active,
+        NodeStatus::Inactive,
+        NodeStatus::Maintenance,
+        NodeStatus::Pending,
+        NodeStatus::NotReady,
+    ]
+    .into_iter()
+    .map(|s| (s.as_str(), 0))
+    .collect();
+    for (status, n) in model::count_by_status(&mut conn).await? {
+        by_status.insert(status.as_str(), n);
+    }
+    Ok(NodeStats { totals, by_status })
+}
+
+/// Registers a node (PENDING until it reports ready); returns it and its token, shown once.
+pub async fn register(
+    state: &AppState,
+    identity: &Identity,
+    input: NodeInput,
+) -> AppResult<(WorkerNode, String)> {
+    let actor = identity.admin()?;
+    input.validate(true)?;
+    let (token, hash) = new_token();
+    let mut conn = state.pool.get().await?;
+    let node = conn
+        .transaction(async |conn| {
+            let node = model::insert(conn, &input.changes, &hash)
+                .await
+                .map_err(name_conflict)?;
+            audit::record(
+                conn,
+                actor.user_id,
+                "node.register",
+                "WorkerNode",
+                node.id,
+                json!({ "name": node.name }),
+            )
+            .await?;
+            Ok::<_, AppError>(node)
+        })
+        .await?;
+    Ok((node, token))
+}
+
+pub async fn update(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+    input: NodeInput,
+) -> AppResult<WorkerNode> {
+    let actor = identity.admin()?;
+    input.validate(false)?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let node = model::update(conn, id, &input.changes)
+            .await
+            .map_err(name_conflict)?
+            .ok_or_else(|| AppError::not_found("worker node"))?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "node.update",
+            "WorkerNode",
+            id,
+            json!({ "name": node.name }),
+        )
+        .await?;
+        Ok(node)
+    })
+    .await
+}
+
+/// Cordon (false) or uncordon (true): whether new instances may be placed on the node.
+pub async fn set_schedulable(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+    schedulable: bool,
+) -> AppResult<WorkerNode> {
+    let actor = identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let changes = NodeChanges {
+            is_schedulable: Some(schedulable),
+            ..Default::default()
+        };
+        let node = model::update(conn, id, &changes)
+            .await?
+            .ok_or_else(|| AppError::not_found("worker node"))?;
+        let action = if schedulable {
+            "node.uncordon"
+        } else {
+            "node.cordon"
+        };
+        audit::record(
+            conn,
+            actor.user_id,
+            action,
+            "WorkerNode",
+            id,
+            json!({ "name": node.name }),
+        )
+        .await?;
+        Ok(node)
+    })
+    .await
+}
+
+pub async fn set_status(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+    status: NodeStatus,
+) -> AppResult<WorkerNode> {
+    let actor = identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    let node = conn
+        .transaction(async |conn| {
+            let change = model::set_status(conn, id, status)
+                .await?
+                .ok_or_else(|| AppError::not_found("worker node"))?;
+            publish_changes(conn, std::slice::from_ref(&change)).await?;
+            audit::record(
+                conn,
+                actor.user_id,
+                "node.set_status",
+                "WorkerNode",
+                id,
+                json!({ "from": change.previous_status, "to": status }),
+            )
+            .await?;
+            model::find(conn, id)
+                .await?
+                .ok_or_else(|| AppError::not_found("worker node"))
+        })
+        .await?;
+    state.heartbeats.observe_status(id, node.status);
+    Ok(node)
+}
+
+/// Issues a new token; the old one stops working at once on this server (within the
+/// heartbeat cache's lifetime on others).
+pub async fn rotate_token(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+) -> AppResult<(WorkerNode, String)> {
+    let actor = identity.admin()?;
+    let (token, hash) = new_token();
+    let mut conn = state.pool.get().await?;
+    let node = conn
+        .transaction(async |conn| {
+            if model::set_token(conn, id, &hash).await? == 0 {
+                return Err(AppError::not_found("worker node"));
+            }
+            audit::record(
+                conn,
+                actor.user_id,
+                "node.rotate_token",
+                "WorkerNode",
+                id,
+                json!({}),
+            )
+            .await?;
+            model::find(conn, id)
+                .await?
+                .ok_or_else(|| AppError::not_found("worker node"))
+        })
+        .await?;
+    state.heartbeats.forget(id);
+    Ok((node, token))
+}
+
+/// Removes a node. Instances will pin nodes once they exist (a later issue); until then
+/// a node reporting running pods is refused, so no workload is orphaned silently.
+pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<()> {
+    let actor = identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let node = model::find(conn, id)
+            .await?
+            .ok_or_else(|| AppError::not_found("worker node"))?;
+        if node.current_pods > 0 && node.status != NodeStatus::Inactive {
+            return Err(AppError::Conflict(format!(
+                "the node runs {} pod(s): drain it (cordon and wait) before deleting",
+                node.current_pods
+            )));
+        }
+        model::delete(conn, id).await?;
+        audit::record(
+            conn,
+            actor.user_id,
+            "node.delete",
+            "WorkerNode",
+            id,
+            json!({ "name": node.name }),
+        )
+        .await?;
+        Ok(())
+    })
+    .await?;
+    state.heartbeats.forget(id);
+    Ok(())
+}
+
+/// Publishes each status change (delivered when the transaction commits).
+pub async fn publish_changes(conn: &mut Conn, changes: &[StatusChange]) -> diesel::QueryResult<()> {
+    let at = chrono::Utc::now();
+    for change in changes.iter().filter(|c| c.previous_status != c.status) {
+        events::publish(
+            conn,
+            &Event::WorkerNodeStatusChanged {
+                node_id: change.id,
+                previous_status: change.previous_status,
+                status: change.status,
+                at,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The staleness job: silent nodes become INACTIVE. Safe to run on several replicas at once.
+pub async fn mark_stale_nodes(state: &AppState) -> anyhow::Result<usize> {
+    let stale_after = stale_after(state).num_seconds();
+    let mut conn = state.pool.get().await?;
+    let changes = conn
+        .transaction(async |conn| {
+            let changes = model::mark_stale(conn, stale_after).await?;
+            publish_changes(conn, &changes).await?;
+            Ok::<_, diesel::result::Error>(changes)
+        })
+        .await?;
+    for change in &changes {
+        tracing::warn!(node_id = %change.id, from = change.previous_status.as_str(), "worker node silent: now INACTIVE");
+        state.heartbeats.observe_status(change.id, change.status);
+    }
+    Ok(changes.len())
+}
+
+/// Demo nodes for the seed; returns (name, token) of the ones created.
+pub async fn seed_node(conn: &mut Conn, changes: NodeChanges) -> AppResult<Option<String>> {
+    NodeInput {
+        changes: changes.clone(),
+    }
+    .validate(true)?;
+    let (token, hash) = new_token();
+    Ok(model::insert_if_absent(conn, &changes, &hash)
+        .await?
+        .then_some(token))
+}
