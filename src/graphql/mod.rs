@@ -22,6 +22,9 @@ use crate::users::graphql::UserLoader;
 pub struct QueryRoot(
     crate::users::graphql::UsersQuery,
     crate::audit::graphql::AuditQuery,
+    crate::catalog::graphql::CatalogQuery,
+    crate::nodes::graphql::NodesQuery,
+    crate::jobs::graphql::JobsQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -29,6 +32,8 @@ pub struct QueryRoot(
 pub struct MutationRoot(
     crate::auth::graphql::AuthMutation,
     crate::users::graphql::UsersMutation,
+    crate::catalog::graphql::CatalogMutation,
+    crate::nodes::graphql::NodesMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -2,8 +2,10 @@
 
 mod auth;
 mod binary;
+mod catalog;
 mod helpers;
 mod infra;
+mod nodes;
 mod rest;
 mod schema;
 mod subscriptions;

@@ -9,10 +9,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::*;
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(app: &TestApp, protocol: &str) -> Ws {
+pub async fn connect(app: &TestApp, protocol: &str) -> Ws {
     let url = format!("{}/graphql", app.address.replace("http://", "ws://"));
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
@@ -24,14 +24,14 @@ async fn connect(app: &TestApp, protocol: &str) -> Ws {
     ws
 }
 
-async fn send(ws: &mut Ws, msg: Value) {
+pub async fn send(ws: &mut Ws, msg: Value) {
     ws.send(Message::Text(msg.to_string().into()))
         .await
         .unwrap();
 }
 
 /// The next JSON message that is not a keep-alive, within a deadline.
-async fn recv(ws: &mut Ws) -> Value {
+pub async fn recv(ws: &mut Ws) -> Value {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match ws.next().await.expect("stream open").expect("frame") {

@@ -1,0 +1,423 @@
+//! Worker nodes: administration, heartbeat authentication and coalescing, staleness,
+//! and live status events (also across two server instances).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::subscriptions::{Ws, connect, recv, send};
+
+const REGISTER: &str = "mutation($name: String!) { registerWorkerNode(input: {name: $name, hostname: \"n1.internal\",
+    ipAddress: \"10.0.0.5\", cpuCores: 4, memoryMb: 8192, storageMb: 100000}) { nodeToken node { id status } } }";
+const HEARTBEAT: &str = "mutation($input: NodeHeartbeatInput) { nodeHeartbeat(input: $input) { nodeId status serverTime nextHeartbeatInSeconds } }";
+const NODE: &str = "query($id: ID!) { workerNode(id: $id) { status isReady isOnline currentPods allocatedCpu allocatedMemoryMb kernelVersion labels lastHeartbeat } }";
+
+/// Registers a node; returns (id, token).
+async fn register(app: &TestApp, admin: &str, name: &str) -> (String, String) {
+    let r = app
+        .gql(Some(admin), REGISTER, json!({ "name": name }))
+        .await
+        .ok();
+    assert_eq!(r.str("registerWorkerNode.node.status"), "PENDING");
+    (
+        r.str("registerWorkerNode.node.id"),
+        r.str("registerWorkerNode.nodeToken"),
+    )
+}
+
+async fn heartbeat(app: &TestApp, token: &str, input: Value) -> Gql {
+    app.gql(Some(token), HEARTBEAT, json!({ "input": input }))
+        .await
+}
+
+/// Polls `check` until it holds or the deadline passes.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_token_authenticates_heartbeats_and_a_user_jwt_does_not() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, _) = app.register("not-a-node").await;
+    let (id, token) = register(&app, &admin.access, "hb-node").await;
+    assert!(token.starts_with("pdn_"));
+
+    let ack = heartbeat(
+        &app,
+        &token,
+        json!({ "isReady": true, "currentPods": 3, "allocatedCpu": 1.5,
+        "allocatedMemoryMb": 2048, "kernelVersion": "6.1.0-26-amd64", "labels": { "zone": "a" } }),
+    )
+    .await
+    .ok();
+    assert_eq!(ack.str("nodeHeartbeat.nodeId"), id);
+    assert_eq!(
+        ack.str("nodeHeartbeat.status"),
+        "ACTIVE",
+        "a PENDING node reporting ready becomes ACTIVE"
+    );
+    assert_eq!(ack.data("nodeHeartbeat.nextHeartbeatInSeconds"), &json!(10));
+
+    assert_eq!(
+        heartbeat(&app, &user.access, json!({})).await.code(),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        heartbeat(&app, &admin.access, json!({})).await.code(),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        heartbeat(&app, "pdn_not-a-real-token", json!({}))
+            .await
+            .code(),
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        app.gql(None, HEARTBEAT, json!({})).await.code(),
+        "UNAUTHENTICATED"
+    );
+    // A node token is no user: it reads nothing else.
+    assert_eq!(
+        app.gql(Some(&token), "{ me { id } }", json!({}))
+            .await
+            .code(),
+        "FORBIDDEN"
+    );
+
+    // Coalesced reports reach the database within the flush interval.
+    heartbeat(&app, &token, json!({ "currentPods": 7 }))
+        .await
+        .ok();
+    eventually("the coalesced report to be written", || async {
+        let r = app
+            .gql(Some(&admin.access), NODE, json!({ "id": id }))
+            .await
+            .ok();
+        r.data("workerNode.currentPods") == &json!(7)
+    })
+    .await;
+    let r = app
+        .gql(Some(&admin.access), NODE, json!({ "id": id }))
+        .await
+        .ok();
+    let node = r.data("workerNode");
+    assert_eq!(node["status"], "ACTIVE");
+    assert_eq!(node["isOnline"], true);
+    assert_eq!(node["allocatedCpu"], json!(1.5));
+    assert_eq!(
+        node["kernelVersion"], "6.1.0-26-amd64",
+        "an omitted field keeps its value"
+    );
+    assert_eq!(node["labels"], json!({ "zone": "a" }));
+
+    let bad = heartbeat(&app, &token, json!({ "currentPods": -1 })).await;
+    assert_eq!(bad.code(), "BAD_USER_INPUT");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotating_a_token_refuses_the_old_one_and_maintenance_stays() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (id, old) = register(&app, &admin.access, "rotating").await;
+    heartbeat(&app, &old, json!({ "isReady": true })).await.ok();
+
+    let r = app
+        .gql(
+            Some(&admin.access),
+            "mutation($id: ID!) { rotateWorkerNodeToken(id: $id) { nodeToken } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    let new = r.str("rotateWorkerNodeToken.nodeToken");
+    assert_eq!(
+        heartbeat(&app, &old, json!({})).await.code(),
+        "UNAUTHENTICATED"
+    );
+    heartbeat(&app, &new, json!({})).await.ok();
+
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { setWorkerNodeStatus(id: $id, status: MAINTENANCE) { status } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    let ack = heartbeat(&app, &new, json!({ "isReady": true })).await.ok();
+    assert_eq!(
+        ack.str("nodeHeartbeat.status"),
+        "MAINTENANCE",
+        "maintenance is the administrator's"
+    );
+
+    let r = app
+        .gql(Some(&admin.access), "mutation($id: ID!) { setWorkerNodeSchedulable(id: $id, schedulable: false) { isSchedulable } }", json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(
+        r.data("setWorkerNodeSchedulable.isSchedulable"),
+        &json!(false)
+    );
+    let listed = app
+        .gql(
+            Some(&admin.access),
+            "{ workerNodes(isSchedulable: false) { totalCount edges { node { name } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(listed.data("workerNodes.totalCount"), &json!(1));
+
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { deleteWorkerNode(id: $id) }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        heartbeat(&app, &new, json!({})).await.code(),
+        "UNAUTHENTICATED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_administration_is_for_administrators_only_and_validated() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, _) = app.register("nosy").await;
+    let (id, _) = register(&app, &admin.access, "guarded").await;
+    let ops: Vec<(&str, &str, Value)> = vec![
+        ("workerNodes", "{ workerNodes { totalCount } }", json!({})),
+        (
+            "workerNode",
+            "query($id: ID!) { workerNode(id: $id) { id } }",
+            json!({ "id": id }),
+        ),
+        (
+            "workerNodeStats",
+            "{ workerNodeStats { total } }",
+            json!({}),
+        ),
+        ("jobs", "{ jobs { totalCount } }", json!({})),
+        (
+            "registerWorkerNode",
+            REGISTER,
+            json!({ "name": "intruder" }),
+        ),
+        (
+            "updateWorkerNode",
+            "mutation($id: ID!) { updateWorkerNode(id: $id, input: {maxPods: 50}) { id } }",
+            json!({ "id": id }),
+        ),
+        (
+            "setWorkerNodeSchedulable",
+            "mutation($id: ID!) { setWorkerNodeSchedulable(id: $id, schedulable: false) { id } }",
+            json!({ "id": id }),
+        ),
+        (
+            "setWorkerNodeStatus",
+            "mutation($id: ID!) { setWorkerNodeStatus(id: $id, status: MAINTENANCE) { id } }",
+            json!({ "id": id }),
+        ),
+        (
+            "rotateWorkerNodeToken",
+            "mutation($id: ID!) { rotateWorkerNodeToken(id: $id) { nodeToken } }",
+            json!({ "id": id }),
+        ),
+        (
+            "deleteWorkerNode",
+            "mutation($id: ID!) { deleteWorkerNode(id: $id) }",
+            json!({ "id": id }),
+        ),
+    ];
+    for (name, query, vars) in &ops {
+        assert_eq!(
+            app.gql(None, query, vars.clone()).await.code(),
+            "UNAUTHENTICATED",
+            "anonymous {name}"
+        );
+        assert_eq!(
+            app.gql(Some(&user.access), query, vars.clone())
+                .await
+                .code(),
+            "FORBIDDEN",
+            "USER {name}"
+        );
+    }
+    let r = app
+        .gql(
+            Some(&admin.access),
+            "query($id: ID!) { workerNode(id: $id) { status isSchedulable } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        r.data("workerNode"),
+        &json!({ "status": "PENDING", "isSchedulable": true }),
+        "unchanged"
+    );
+
+    let bad = app
+        .gql(
+            Some(&admin.access),
+            "mutation { registerWorkerNode(input: {name: \"bad name!\", hostname: \"h\", ipAddress: \"300.1.1.1\", cpuCores: 0, memoryMb: 1, storageMb: 1}) { nodeToken } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(bad.code(), "BAD_USER_INPUT");
+    let fields = &bad.error()["extensions"]["fields"];
+    for f in ["name", "ipAddress", "cpuCores"] {
+        assert!(fields[f].is_array(), "{f}: {fields}");
+    }
+    assert_eq!(
+        app.gql(Some(&admin.access), REGISTER, json!({ "name": "guarded" }))
+            .await
+            .code(),
+        "CONFLICT"
+    );
+
+    let stats = app
+        .gql(
+            Some(&admin.access),
+            "{ workerNodeStats { total online offline cpuCores byStatus { status count } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        stats.data("workerNodeStats.total"),
+        &json!(4),
+        "three demo nodes and one registered"
+    );
+    assert_eq!(stats.data("workerNodeStats.online"), &json!(0));
+    let pending = stats
+        .data("workerNodeStats.byStatus")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["status"] == "PENDING")
+        .unwrap()
+        .clone();
+    assert_eq!(pending["count"], json!(4));
+}
+
+async fn subscribe_status(app: &TestApp, token: &str) -> Ws {
+    let mut ws = connect(app, "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({ "id": "s", "type": "subscribe", "payload": { "query":
+            "subscription { workerNodeStatusChanged { nodeId previousStatus status at node { name } } }" } }),
+    )
+    .await;
+    ws
+}
+
+async fn next_change(ws: &mut Ws) -> Value {
+    let msg = recv(ws).await;
+    assert_eq!(msg["type"], "next", "{msg}");
+    msg["payload"]["data"]["workerNodeStatusChanged"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_node_turns_inactive_and_the_next_heartbeat_brings_it_back() {
+    let app = spawn_app_with(&[
+        ("PODIUM_NODE_STALE_AFTER_SECS", "1"),
+        ("PODIUM_NODE_STALENESS_CRON", "* * * * * *"),
+        ("PODIUM_JOB_POLL_MS", "100"),
+    ])
+    .await;
+    let admin = app.admin().await;
+    let mut ws = subscribe_status(&app, &admin.access).await;
+    let (id, token) = register(&app, &admin.access, "flaky").await;
+
+    heartbeat(&app, &token, json!({ "isReady": true }))
+        .await
+        .ok();
+    let change = next_change(&mut ws).await;
+    assert_eq!(
+        (change["previousStatus"].as_str(), change["status"].as_str()),
+        (Some("PENDING"), Some("ACTIVE"))
+    );
+    assert_eq!(change["node"]["name"], "flaky");
+
+    // Silence: threshold (1 s) plus a scheduler tick (1 s), well within recv's deadline.
+    let change = next_change(&mut ws).await;
+    assert_eq!(change["nodeId"], json!(id));
+    assert_eq!(
+        (change["previousStatus"].as_str(), change["status"].as_str()),
+        (Some("ACTIVE"), Some("INACTIVE"))
+    );
+    let r = app
+        .gql(Some(&admin.access), NODE, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(r.data("workerNode.status"), "INACTIVE");
+    assert_eq!(r.data("workerNode.isReady"), &json!(false));
+
+    let ack = heartbeat(&app, &token, json!({ "isReady": true }))
+        .await
+        .ok();
+    assert_eq!(ack.str("nodeHeartbeat.status"), "ACTIVE");
+    let change = next_change(&mut ws).await;
+    assert_eq!(
+        (change["previousStatus"].as_str(), change["status"].as_str()),
+        (Some("INACTIVE"), Some("ACTIVE"))
+    );
+
+    // The staleness job ran as recorded jobs.
+    let jobs = app
+        .gql(
+            Some(&admin.access),
+            "{ jobs(kind: \"node.staleness\", status: SUCCEEDED) { totalCount } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert!(jobs.data("jobs.totalCount").as_i64().unwrap() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_committed_on_one_instance_reaches_a_subscriber_of_another() {
+    let url = fresh_database(true).await;
+    let a = spawn_app_on(&url, &[]).await;
+    let b = spawn_app_on(&url, &[]).await;
+    let admin = a.admin().await;
+    let (id, _) = register(&a, &admin.access, "shared-node").await;
+    let mut ws = subscribe_status(&b, &admin.access).await;
+
+    a.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { setWorkerNodeStatus(id: $id, status: MAINTENANCE) { status } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    let change = next_change(&mut ws).await;
+    assert_eq!(change["nodeId"], json!(id));
+    assert_eq!(
+        (change["previousStatus"].as_str(), change["status"].as_str()),
+        (Some("PENDING"), Some("MAINTENANCE"))
+    );
+
+    // USERs may not subscribe.
+    let (user, _) = b.register("watcher").await;
+    let mut ws = connect(&b, "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", user.access) } })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    send(&mut ws, json!({ "id": "s", "type": "subscribe", "payload": { "query": "subscription { workerNodeStatusChanged { status } }" } })).await;
+    assert!(recv(&mut ws).await.to_string().contains("FORBIDDEN"));
+}
