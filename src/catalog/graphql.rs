@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use async_graphql::dataloader::{DataLoader, Loader};
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use async_graphql::{Context, ID, InputObject, Json, MaybeUndefined, Object, Result};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -92,7 +92,7 @@ impl Service {
             return Ok(None);
         };
         let category = ctx
-            .data_unchecked::<DataLoader<CatalogLoader>>()
+            .data_unchecked::<CatalogDataLoader>()
             .load_one(CategoryKey(id))
             .await?;
         Ok(category.filter(|c| c.is_active || ctx.identity().is_admin()))
@@ -100,7 +100,7 @@ impl Service {
     /// The plans on sale (administrators also see inactive ones), cheapest first.
     async fn plans(&self, ctx: &Context<'_>) -> Result<Vec<Plan>> {
         let plans = ctx
-            .data_unchecked::<DataLoader<CatalogLoader>>()
+            .data_unchecked::<CatalogDataLoader>()
             .load_one(PlansOf(self.id))
             .await?
             .unwrap_or_default();
@@ -162,6 +162,9 @@ impl Plan {
     }
 }
 
+/// Cached per request, so a parent resolver can prefetch for its children.
+pub type CatalogDataLoader = DataLoader<CatalogLoader, HashMapCache>;
+
 /// Batches the categories and plans a page of services refers to.
 pub struct CatalogLoader {
     state: AppState,
@@ -207,6 +210,32 @@ impl Loader<PlansOf> for CatalogLoader {
     }
 }
 
+/// Loads the plans and categories a page of services will show in one batch each
+/// (cached for the request), however long resolving the page's fields takes.
+async fn prefetch(ctx: &Context<'_>, services: &[Service]) -> Result<()> {
+    let look = ctx.look_ahead();
+    let wants = |field: &str| {
+        look.field("edges").field("node").field(field).exists()
+            || look.field("nodes").field(field).exists()
+    };
+    let loader = ctx.data_unchecked::<CatalogDataLoader>();
+    if wants("plans") {
+        loader
+            .load_many(services.iter().map(|s| PlansOf(s.id)))
+            .await?;
+    }
+    if wants("category") {
+        loader
+            .load_many(
+                services
+                    .iter()
+                    .filter_map(|s| s.category_id.map(CategoryKey)),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 pub struct CatalogQuery;
 
@@ -235,6 +264,7 @@ impl CatalogQuery {
             featured,
         };
         let page = service::services(ctx.state(), ctx.identity(), query, page).await?;
+        prefetch(ctx, &page.items).await?;
         Ok(connection(page, Service::cursor, |s| s))
     }
 

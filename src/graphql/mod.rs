@@ -3,14 +3,14 @@
 pub mod handlers;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::dataloader::DataLoader;
+use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::{
     Context, ID, MergedObject, MergedSubscription, OutputType, Schema, SimpleObject,
 };
 use uuid::Uuid;
 
 use crate::auth::Identity;
-use crate::catalog::graphql::CatalogLoader;
+use crate::catalog::graphql::{CatalogDataLoader, CatalogLoader};
 use crate::config::Settings;
 use crate::error::{AppError, AppResult};
 use crate::pagination::{Cursor, Page};
@@ -108,9 +108,10 @@ pub fn request_data(
         UserLoader::new(state.clone()),
         tokio::spawn,
     ));
-    data.insert(DataLoader::new(
+    data.insert(CatalogDataLoader::with_cache(
         CatalogLoader::new(state.clone()),
         tokio::spawn,
+        HashMapCache::default(),
     ));
     data
 }
