@@ -30,6 +30,41 @@ enum Command {
     Seed,
     /// Print the GraphQL schema (SDL) and exit.
     PrintSchema,
+    /// Run on a worker node: send heartbeats describing this machine to the server.
+    NodeAgent {
+        /// Base URL of the Podium server, e.g. https://api.example.com
+        #[arg(long, env = "PODIUM_SERVER")]
+        server: String,
+        /// The node's token (`pdn_...`), as registerWorkerNode returned it.
+        #[arg(long, env = "PODIUM_NODE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Time between heartbeats (e.g. 10s, 500ms); the server may ask for a slower pace.
+        #[arg(long, default_value = "10s")]
+        interval: String,
+        /// The filesystem whose use is reported as allocated storage.
+        #[arg(long, default_value = "/")]
+        disk_path: std::path::PathBuf,
+        /// Send one heartbeat and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Benchmarks; they print their figures.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Heartbeat throughput and latency through the real HTTP + GraphQL path, against a
+    /// scratch database next to the configured one (or the embedded default's).
+    Heartbeat {
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +74,21 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let _ = dotenvy::dotenv();
+    if let Some(Command::NodeAgent {
+        server,
+        token,
+        interval,
+        disk_path,
+        once,
+    }) = cli.command
+    {
+        telemetry::init(podium::config::LogFormat::Pretty);
+        let options = podium::nodes::agent::options(server, token, &interval, disk_path, once)?;
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(podium::nodes::agent::run(options));
+    }
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     tokio::runtime::Builder::new_multi_thread()
@@ -71,7 +121,35 @@ fn main() -> anyhow::Result<()> {
                     }
                     Ok(())
                 }
-                Command::PrintSchema => unreachable!(),
+                Command::Bench(Bench::Heartbeat {
+                    nodes,
+                    concurrency,
+                    seconds,
+                }) => {
+                    let bench = podium::bench::HeartbeatBench {
+                        nodes: nodes.max(1),
+                        concurrency: concurrency.max(1),
+                        seconds: seconds.max(1),
+                    };
+                    println!(
+                        "heartbeat benchmark: {} nodes, {} concurrent clients, {} s, {} CPU(s), {} build",
+                        bench.nodes,
+                        bench.concurrency,
+                        bench.seconds,
+                        std::thread::available_parallelism().map_or(1, |n| n.get()),
+                        if cfg!(debug_assertions) { "debug" } else { "release" }
+                    );
+                    let nodes = bench.nodes;
+                    let r = podium::bench::heartbeat(settings, bench).await?;
+                    println!("  heartbeats/s  {:.0}", r.per_second);
+                    println!("  latency p50   {:.2} ms", r.p50_ms);
+                    println!("  latency p99   {:.2} ms", r.p99_ms);
+                    println!("  latency max   {:.2} ms", r.max_ms);
+                    println!("  heartbeats    {} ({} errors)", r.heartbeats, r.errors);
+                    println!("  in database   {}/{nodes} nodes' latest reports written", r.written);
+                    Ok(())
+                }
+                Command::PrintSchema | Command::NodeAgent { .. } => unreachable!(),
             };
             if let Some(pg) = embedded {
                 pg.stop().await;

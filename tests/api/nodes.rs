@@ -421,3 +421,89 @@ async fn an_event_committed_on_one_instance_reaches_a_subscriber_of_another() {
     send(&mut ws, json!({ "id": "s", "type": "subscribe", "payload": { "query": "subscription { workerNodeStatusChanged { status } }" } })).await;
     assert!(recv(&mut ws).await.to_string().contains("FORBIDDEN"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_agent_keeps_its_node_active_and_stops_on_a_refused_token() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (id, token) = register(&app, &admin.access, "agent-node").await;
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_podium"))
+        .args([
+            "node-agent",
+            "--server",
+            &app.address,
+            "--interval",
+            "200ms",
+        ])
+        .env("PODIUM_NODE_TOKEN", &token)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(
+        "the agent to make its node ACTIVE with this machine's data",
+        || async {
+            let r = app
+                .gql(Some(&admin.access), NODE, json!({ "id": id }))
+                .await
+                .ok();
+            r.data("workerNode.status") == "ACTIVE"
+                && r.data("workerNode.kernelVersion").is_string()
+        },
+    )
+    .await;
+    let first = app
+        .gql(Some(&admin.access), NODE, json!({ "id": id }))
+        .await
+        .ok()
+        .str("workerNode.lastHeartbeat");
+    eventually("later heartbeats", || async {
+        app.gql(Some(&admin.access), NODE, json!({ "id": id }))
+            .await
+            .ok()
+            .str("workerNode.lastHeartbeat")
+            != first
+    })
+    .await;
+
+    // Rotating the token: the running agent is refused and exits with an explanation.
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { rotateWorkerNodeToken(id: $id) { nodeToken } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent kept running with a refused token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podium"))
+        .args([
+            "node-agent",
+            "--server",
+            &app.address,
+            "--token",
+            &token,
+            "--once",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused this node's token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

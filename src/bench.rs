@@ -1,0 +1,202 @@
+//! `podium bench heartbeat`: a load generator for the heartbeat path. It starts a server
+//! on a scratch database next to the configured one, registers N nodes, and sends
+//! heartbeats from C concurrent clients over keep-alive HTTP for S seconds, then prints
+//! throughput and latency percentiles, and checks the reports reached the database.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use diesel::sql_types::{Array, Bytea, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use crate::auth::{new_opaque_token, token_hash};
+use crate::config::Settings;
+use crate::startup::Application;
+
+pub struct HeartbeatBench {
+    pub nodes: usize,
+    pub concurrency: usize,
+    pub seconds: u64,
+}
+
+pub struct BenchReport {
+    pub heartbeats: usize,
+    pub errors: usize,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub written: i64,
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (prefix, _) = base.rsplit_once('/').unwrap_or((base, ""));
+    match query {
+        Some(q) => format!("{prefix}/{name}?{q}"),
+        None => format!("{prefix}/{name}"),
+    }
+}
+
+pub async fn heartbeat(settings: Settings, bench: HeartbeatBench) -> anyhow::Result<BenchReport> {
+    let url = settings
+        .database_url
+        .clone()
+        .context("a database is needed")?;
+    let scratch = format!("podium_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = AsyncPgConnection::establish(&url).await?;
+    diesel::sql_query(format!("CREATE DATABASE {scratch}"))
+        .execute(&mut admin)
+        .await
+        .context("creating the scratch database (the database user needs CREATEDB)")?;
+    let scratch_url = with_database(&url, &scratch);
+    let result = run(settings, &scratch_url, &bench).await;
+    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await;
+    result
+}
+
+async fn run(
+    mut settings: Settings,
+    url: &str,
+    bench: &HeartbeatBench,
+) -> anyhow::Result<BenchReport> {
+    settings.database_url = Some(url.to_string());
+    settings.listen = "127.0.0.1:0".parse()?;
+    settings.rate_limit_per_ip = u32::MAX;
+    settings.rate_limit_per_user = u32::MAX;
+    settings.jobs_enabled = false;
+    let app = Application::build(settings).await?;
+    let address = format!("http://127.0.0.1:{}/graphql", app.port());
+    let handle = app.handle();
+    let server = tokio::spawn(app.run_until_stopped());
+
+    // Register the nodes in one statement.
+    let tokens: Vec<String> = (0..bench.nodes)
+        .map(|_| new_opaque_token(crate::nodes::TOKEN_PREFIX))
+        .collect();
+    let names: Vec<String> = (0..bench.nodes).map(|i| format!("bench-{i}")).collect();
+    let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| token_hash(t)).collect();
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    diesel::sql_query(
+        "INSERT INTO worker_nodes (name, hostname, ip_address, cpu_cores, memory_mb, storage_mb, token_hash)
+         SELECT n, n || '.bench', '10.0.0.1', 8, 32768, 500000, h FROM unnest($1, $2) AS t(n, h)",
+    )
+    .bind::<Array<Text>, _>(&names)
+    .bind::<Array<Bytea>, _>(&hashes)
+    .execute(&mut conn)
+    .await?;
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(bench.concurrency)
+        .build()?;
+    let tokens = Arc::new(
+        tokens
+            .into_iter()
+            .map(|t| format!("Bearer {t}"))
+            .collect::<Vec<_>>(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let recording = Arc::new(AtomicBool::new(false));
+    let warmup = Duration::from_secs(1);
+    let started = Instant::now();
+    let stop_at = started + warmup + Duration::from_secs(bench.seconds);
+
+    let workers: Vec<_> = (0..bench.concurrency)
+        .map(|_| {
+            let (client, tokens, next, recording, address) = (
+                client.clone(),
+                tokens.clone(),
+                next.clone(),
+                recording.clone(),
+                address.clone(),
+            );
+            tokio::spawn(async move {
+                let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
+                let mut errors = 0usize;
+                while Instant::now() < stop_at {
+                    let i = next.fetch_add(1, Ordering::Relaxed) % tokens.len();
+                    let t0 = Instant::now();
+                    let ok = match client
+                        .post(&address)
+                        .header("authorization", &tokens[i])
+                        .header("content-type", "application/json")
+                        .body(BODY)
+                        .send()
+                        .await
+                    {
+                        Ok(resp) => resp
+                            .bytes()
+                            .await
+                            .is_ok_and(|b| !b.windows(8).any(|w| w == b"\"errors\"")),
+                        Err(_) => false,
+                    };
+                    if AtomicBool::load(&recording, Ordering::Relaxed) {
+                        if ok {
+                            latencies.push(t0.elapsed().as_micros() as u32);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(warmup).await;
+    recording.store(true, Ordering::Relaxed);
+    let measured_from = Instant::now();
+    let written_after = chrono::Utc::now();
+
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for w in workers {
+        let (l, e) = w.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = measured_from.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        if latencies.is_empty() {
+            0.0
+        } else {
+            latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64
+                / 1000.0
+        }
+    };
+
+    // Every acknowledged report is in the database within a flush interval.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    #[derive(diesel::QueryableByName)]
+    struct Written {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let written: Written =
+        diesel::sql_query("SELECT count(*) AS n FROM worker_nodes WHERE last_heartbeat >= $1")
+            .bind::<diesel::sql_types::Timestamptz, _>(written_after)
+            .get_result(&mut conn)
+            .await?;
+    drop(conn);
+    handle.stop(true).await;
+    let _ = server.await;
+
+    Ok(BenchReport {
+        heartbeats: latencies.len(),
+        errors,
+        per_second: latencies.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        written: written.n,
+    })
+}
+
+/// One heartbeat, as a node agent sends it.
+const BODY: &str = r#"{"query":"mutation Heartbeat($i: NodeHeartbeatInput) { nodeHeartbeat(input: $i) { status nextHeartbeatInSeconds } }","variables":{"i":{"isReady":true,"currentPods":3,"allocatedCpu":1.25,"allocatedMemoryMb":2048,"allocatedStorageMb":10240}}}"#;
