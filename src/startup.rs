@@ -109,6 +109,10 @@ async fn spawn_background(
         state
             .events
             .spawn_listener(url.to_string(), stopping.clone()),
+        state
+            .heartbeats
+            .clone()
+            .spawn_reloader(state.pool.clone(), stopping.clone()),
         state.clone().heartbeats.spawn_flusher(
             state.pool.clone(),
             state.settings.heartbeat_flush,

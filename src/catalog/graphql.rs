@@ -62,7 +62,8 @@ impl Service {
     async fn container_port(&self) -> i32 {
         self.container_port
     }
-    /// Environment variable name -> template.
+    /// Environment variable name -> template; `${host}` is the instance's host and
+    /// `${secret:N}` a generated secret of N characters.
     async fn env_template(&self) -> Json<&serde_json::Value> {
         Json(&self.env_template)
     }

@@ -1,13 +1,13 @@
 //! The heartbeat path. Thousands of nodes report every few seconds, so a heartbeat costs
 //! no database round trip in the common case: the node's token is checked against an
-//! in-memory cache (re-validated every `TOKEN_TTL`), the latest report per node is kept
-//! in memory, and a flusher writes all pending reports in one statement at least once
-//! per flush interval. A report that changes the node's status is written and published
-//! at once.
+//! in-memory map of every node's token (reloaded whole every `TOKEN_RELOAD`; a token not
+//! in it is looked up once), the latest report per node is kept in memory, and a flusher
+//! writes all pending reports in one statement at least once per flush interval. A report
+//! that changes the node's status is written and published at once.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
@@ -20,9 +20,9 @@ use crate::auth::Identity;
 use crate::db::DbPool;
 use crate::error::{AppError, AppResult};
 
-/// How long a cached token is trusted before it is checked against the database again
-/// (bounds how long a token rotated on another replica keeps working here).
-const TOKEN_TTL: Duration = Duration::from_secs(10);
+/// How often the token map is reloaded from the database: bounds how long a token
+/// rotated or deleted through another replica keeps working here.
+const TOKEN_RELOAD: Duration = Duration::from_secs(10);
 
 pub struct Ack {
     pub node_id: Uuid,
@@ -32,7 +32,7 @@ pub struct Ack {
 
 #[derive(Default)]
 pub struct Heartbeats {
-    tokens: RwLock<HashMap<Vec<u8>, (Uuid, Instant)>>,
+    tokens: RwLock<HashMap<Vec<u8>, Uuid>>,
     statuses: RwLock<HashMap<Uuid, NodeStatus>>,
     pending: Mutex<HashMap<Uuid, Report>>,
 }
@@ -133,8 +133,7 @@ impl Heartbeats {
             .unwrap_or_else(|e| e.into_inner())
             .get(token_hash)
             .copied();
-        if let Some((id, checked)) = cached
-            && checked.elapsed() < TOKEN_TTL
+        if let Some(id) = cached
             && let Some(status) = self
                 .statuses
                 .read()
@@ -150,7 +149,7 @@ impl Heartbeats {
                 self.tokens
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(token_hash.to_vec(), (id, Instant::now()));
+                    .insert(token_hash.to_vec(), id);
                 self.observe_status(id, status);
                 Ok((id, status))
             }
@@ -199,7 +198,14 @@ impl Heartbeats {
             return Ok(0);
         }
         let n = batch.len();
-        if let Err(e) = self.write(pool, batch.clone()).await {
+        let started = std::time::Instant::now();
+        let written = self.write(pool, batch.clone()).await;
+        tracing::debug!(
+            nodes = n,
+            took_ms = started.elapsed().as_millis() as u64,
+            "heartbeats flushed"
+        );
+        if let Err(e) = written {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             for (id, older) in batch {
                 let merged = match pending.remove(&id) {
@@ -238,6 +244,42 @@ impl Heartbeats {
         })
     }
 
+    /// Replaces the token map and statuses with the database's.
+    pub async fn reload(&self, pool: &DbPool) -> AppResult<usize> {
+        let mut conn = pool.get().await?;
+        let nodes = model::all_tokens(&mut conn).await?;
+        let n = nodes.len();
+        let mut tokens = HashMap::with_capacity(n);
+        let mut statuses = HashMap::with_capacity(n);
+        for (hash, id, status) in nodes {
+            tokens.insert(hash, id);
+            statuses.insert(id, status);
+        }
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+        *self.statuses.write().unwrap_or_else(|e| e.into_inner()) = statuses;
+        Ok(n)
+    }
+
+    /// Reloads the token map now and every `TOKEN_RELOAD` until `shutdown`.
+    pub fn spawn_reloader(
+        self: std::sync::Arc<Self>,
+        pool: DbPool,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TOKEN_RELOAD);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+                if let Err(e) = self.reload(&pool).await {
+                    tracing::warn!(error = ?e, "reloading node tokens failed");
+                }
+            }
+        })
+    }
+
     /// Learns a node's status (from an administrator, the staleness job or an event).
     pub fn observe_status(&self, id: Uuid, status: NodeStatus) {
         self.statuses
@@ -251,7 +293,7 @@ impl Heartbeats {
         self.tokens
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (node, _)| *node != id);
+            .retain(|_, node| *node != id);
         self.statuses
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -209,6 +209,18 @@ pub async fn find_by_token(
         .optional()
 }
 
+/// (token hash, id, status) of every node, for the heartbeat path's token map.
+pub async fn all_tokens(conn: &mut Conn) -> QueryResult<Vec<(Vec<u8>, Uuid, NodeStatus)>> {
+    worker_nodes::table
+        .select((
+            worker_nodes::token_hash,
+            worker_nodes::id,
+            worker_nodes::status,
+        ))
+        .load(conn)
+        .await
+}
+
 pub async fn insert(
     conn: &mut Conn,
     changes: &NodeChanges,
@@ -331,7 +343,8 @@ pub struct Report {
 
 /// Writes many nodes' reports in one statement. Status follows readiness: a ready report
 /// brings PENDING, INACTIVE and NOT_READY to ACTIVE, a not-ready one takes ACTIVE to
-/// NOT_READY; MAINTENANCE is the administrator's and stays. Returns the status changes.
+/// NOT_READY; MAINTENANCE is the administrator's and stays. Returns only the status
+/// changes (the batch may hold thousands of rows).
 pub async fn apply_reports(
     conn: &mut Conn,
     reports: &[(Uuid, Report)],
@@ -353,7 +366,7 @@ pub async fn apply_reports(
     let labels: Vec<Option<serde_json::Value>> = col(reports, |r| r.labels.clone());
     let taints: Vec<Option<serde_json::Value>> = col(reports, |r| r.taints.clone());
     diesel::sql_query(
-        "UPDATE worker_nodes w SET
+        "WITH updated AS (UPDATE worker_nodes w SET
              last_heartbeat = GREATEST(v.at, w.last_heartbeat),
              last_health_check = now(),
              is_ready = COALESCE(v.ready, w.is_ready),
@@ -376,7 +389,8 @@ pub async fn apply_reports(
                   AS v(id, at, ready, cpu, memory, storage, pods, kubelet, runtime, kernel, os_image, labels, taints)
          JOIN worker_nodes old ON old.id = v.id
          WHERE w.id = v.id
-         RETURNING w.id, old.status AS previous_status, w.status",
+         RETURNING w.id, old.status AS previous_status, w.status)
+         SELECT * FROM updated WHERE previous_status <> status",
     )
     .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
     .bind::<Array<Timestamptz>, _>(at)
