@@ -5,6 +5,7 @@ mod binary;
 mod catalog;
 mod helpers;
 mod infra;
+mod jobs;
 mod nodes;
 mod rest;
 mod schema;
