@@ -44,6 +44,27 @@ impl Cursor {
     }
 }
 
+/// Newest first, after the cursor, one row beyond the page (to tell whether more
+/// follow): the keyset page of a boxed query on a table with `created_at` and `id`.
+#[macro_export]
+macro_rules! newest_first_page {
+    ($query:expr, $table:ident, $page:expr) => {{
+        let mut query = $query;
+        if let Some(after) = &$page.after {
+            query = query.filter(
+                $table::created_at
+                    .lt(after.created_at)
+                    .or($table::created_at
+                        .eq(after.created_at)
+                        .and($table::id.lt(after.id))),
+            );
+        }
+        query
+            .order(($table::created_at.desc(), $table::id.desc()))
+            .limit($page.first as i64 + 1)
+    }};
+}
+
 #[derive(Debug, Clone)]
 pub struct PageArgs {
     pub first: usize,

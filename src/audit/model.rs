@@ -68,19 +68,7 @@ pub async fn list(
     filter: &AuditFilter,
     page: &PageArgs,
 ) -> QueryResult<Vec<AuditEntry>> {
-    let mut query = filtered(filter);
-    if let Some(after) = &page.after {
-        query = query.filter(
-            audit_log::created_at
-                .lt(after.created_at)
-                .or(audit_log::created_at
-                    .eq(after.created_at)
-                    .and(audit_log::id.lt(after.id))),
-        );
-    }
-    query
-        .order((audit_log::created_at.desc(), audit_log::id.desc()))
-        .limit(page.first as i64 + 1)
+    crate::newest_first_page!(filtered(filter), audit_log, page)
         .select(AuditEntry::as_select())
         .load(conn)
         .await

@@ -221,19 +221,7 @@ pub async fn list_services(
     filter: &ServiceFilter,
     page: &PageArgs,
 ) -> QueryResult<Vec<Service>> {
-    let mut query = filtered_services(filter);
-    if let Some(after) = &page.after {
-        query = query.filter(
-            services::created_at
-                .lt(after.created_at)
-                .or(services::created_at
-                    .eq(after.created_at)
-                    .and(services::id.lt(after.id))),
-        );
-    }
-    query
-        .order((services::created_at.desc(), services::id.desc()))
-        .limit(page.first as i64 + 1)
+    crate::newest_first_page!(filtered_services(filter), services, page)
         .select(Service::as_select())
         .load(conn)
         .await

@@ -161,17 +161,7 @@ fn filtered(filter: &JobFilter) -> jobs::BoxedQuery<'static, Pg> {
 }
 
 pub async fn list(conn: &mut Conn, filter: &JobFilter, page: &PageArgs) -> QueryResult<Vec<Job>> {
-    let mut query = filtered(filter);
-    if let Some(after) = &page.after {
-        query = query.filter(
-            jobs::created_at.lt(after.created_at).or(jobs::created_at
-                .eq(after.created_at)
-                .and(jobs::id.lt(after.id))),
-        );
-    }
-    query
-        .order((jobs::created_at.desc(), jobs::id.desc()))
-        .limit(page.first as i64 + 1)
+    crate::newest_first_page!(filtered(filter), jobs, page)
         .select(Job::as_select())
         .load(conn)
         .await

@@ -157,19 +157,7 @@ pub async fn list(
     filter: &NodeFilter,
     page: &PageArgs,
 ) -> QueryResult<Vec<WorkerNode>> {
-    let mut query = filtered(filter);
-    if let Some(after) = &page.after {
-        query = query.filter(
-            worker_nodes::created_at
-                .lt(after.created_at)
-                .or(worker_nodes::created_at
-                    .eq(after.created_at)
-                    .and(worker_nodes::id.lt(after.id))),
-        );
-    }
-    query
-        .order((worker_nodes::created_at.desc(), worker_nodes::id.desc()))
-        .limit(page.first as i64 + 1)
+    crate::newest_first_page!(filtered(filter), worker_nodes, page)
         .select(WorkerNode::as_select())
         .load(conn)
         .await

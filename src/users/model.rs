@@ -119,17 +119,7 @@ pub fn escape_like(s: &str) -> String {
 
 /// Newest first, keyset-paginated; fetches one extra row to tell whether more follow.
 pub async fn list(conn: &mut Conn, filter: &UserFilter, page: &PageArgs) -> QueryResult<Vec<User>> {
-    let mut query = filtered(filter);
-    if let Some(after) = &page.after {
-        query = query.filter(
-            users::created_at.lt(after.created_at).or(users::created_at
-                .eq(after.created_at)
-                .and(users::id.lt(after.id))),
-        );
-    }
-    query
-        .order((users::created_at.desc(), users::id.desc()))
-        .limit(page.first as i64 + 1)
+    crate::newest_first_page!(filtered(filter), users, page)
         .select(User::as_select())
         .load(conn)
         .await
