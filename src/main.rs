@@ -26,7 +26,7 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Load the seed data (demo accounts) idempotently and exit.
+    /// Load the seed data (demo accounts, catalog, worker nodes) idempotently and exit.
     Seed,
     /// Print the GraphQL schema (SDL) and exit.
     PrintSchema,
@@ -38,7 +38,7 @@ enum Command {
         /// The node's token (`pdn_...`), as registerWorkerNode returned it.
         #[arg(long, env = "PODIUM_NODE_TOKEN", hide_env_values = true)]
         token: String,
-        /// Time between heartbeats (e.g. 10s, 500ms); the server may ask for a slower pace.
+        /// Time between heartbeats (e.g. 10s, 500ms); never slower than the server asks.
         #[arg(long, default_value = "10s")]
         interval: String,
         /// The filesystem whose use is reported as allocated storage.

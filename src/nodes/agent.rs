@@ -78,7 +78,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     "heartbeat acknowledged"
                 );
                 if let Some(next) = ack["nextHeartbeatInSeconds"].as_u64().filter(|n| *n > 0) {
-                    // The server's pace wins over the flag, unless the flag is faster.
+                    // Never slower than the server asks (it judges staleness); faster if the flag says so.
                     interval = opts.interval.min(Duration::from_secs(next));
                 }
                 if opts.once {
