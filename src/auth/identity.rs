@@ -90,21 +90,34 @@ pub async fn resolve(state: &AppState, authorization: Option<&str>) -> AppResult
             return Ok(Identity::Invalid);
         }
     };
+    Ok(match current(state, claims.sub, claims.sid).await? {
+        Some(actor) => Identity::User(actor),
+        None => Identity::Invalid,
+    })
+}
+
+/// The user behind a session as they are now: none if deactivated or the session revoked.
+/// Long-lived subscriptions call it again before delivering each event.
+pub async fn current(
+    state: &AppState,
+    user_id: Uuid,
+    session_id: Uuid,
+) -> AppResult<Option<Actor>> {
     let mut conn = state.pool.get().await?;
     let row: Option<(Role, bool, Option<DateTime<Utc>>)> = users::table
         .inner_join(sessions::table)
-        .filter(users::id.eq(claims.sub))
-        .filter(sessions::id.eq(claims.sid))
+        .filter(users::id.eq(user_id))
+        .filter(sessions::id.eq(session_id))
         .select((users::role, users::is_active, sessions::revoked_at))
         .first(&mut conn)
         .await
         .optional()?;
     Ok(match row {
-        Some((role, true, None)) => Identity::User(Actor {
-            user_id: claims.sub,
+        Some((role, true, None)) => Some(Actor {
+            user_id,
             role,
-            session_id: claims.sid,
+            session_id,
         }),
-        _ => Identity::Invalid,
+        _ => None,
     })
 }

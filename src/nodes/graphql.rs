@@ -7,6 +7,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::model::{NodeChanges, NodeFilter, NodeStatus, Report, WorkerNode};
 use super::service::{self, NodeInput};
+use crate::auth::identity;
 use crate::events::Event;
 use crate::graphql::{ContextExt, PodiumConnection, connection, parse_id};
 use crate::pagination::PageArgs;
@@ -492,12 +493,12 @@ impl NodesSubscription {
         &self,
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = WorkerNodeStatusChange>> {
-        ctx.identity().admin()?;
+        let actor = ctx.identity().admin()?.clone();
         let state = ctx.state().clone();
         let events = state.events.subscribe();
         Ok(futures_util::stream::unfold(
-            (events, state),
-            |(mut events, state)| async move {
+            (events, state, actor),
+            |(mut events, state, actor)| async move {
                 loop {
                     let event = match events.recv().await {
                         Ok(event) => event,
@@ -507,6 +508,11 @@ impl NodesSubscription {
                         }
                         Err(RecvError::Closed) => return None,
                     };
+                    // Whoever was demoted, deactivated or signed out since subscribing hears no more.
+                    match identity::current(&state, actor.user_id, actor.session_id).await {
+                        Ok(Some(now)) if now.is_admin() => {}
+                        _ => return None,
+                    }
                     let Event::WorkerNodeStatusChanged {
                         node_id,
                         previous_status,
@@ -524,7 +530,7 @@ impl NodesSubscription {
                         status,
                         at,
                     };
-                    return Some((change, (events, state)));
+                    return Some((change, (events, state, actor)));
                 }
             },
         ))

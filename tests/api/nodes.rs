@@ -507,3 +507,50 @@ async fn the_node_agent_keeps_its_node_active_and_stops_on_a_refused_token() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demoted_administrator_stops_hearing_node_events() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (other, _) = app.register("short-lived-admin").await;
+    let set_role =
+        "mutation($id: ID!, $r: Role!) { updateUser(id: $id, input: {role: $r}) { role } }";
+    app.gql(
+        Some(&admin.access),
+        set_role,
+        json!({ "id": other.user_id, "r": "ADMINISTRATOR" }),
+    )
+    .await
+    .ok();
+    let mut ws = subscribe_status(&app, &other.access).await;
+    let (id, _) = register(&app, &admin.access, "watched").await;
+    let set_status = "mutation($id: ID!, $s: NodeStatus!) { setWorkerNodeStatus(id: $id, status: $s) { status } }";
+    app.gql(
+        Some(&admin.access),
+        set_status,
+        json!({ "id": id, "s": "MAINTENANCE" }),
+    )
+    .await
+    .ok();
+    assert_eq!(next_change(&mut ws).await["status"], "MAINTENANCE");
+
+    app.gql(
+        Some(&admin.access),
+        set_role,
+        json!({ "id": other.user_id, "r": "USER" }),
+    )
+    .await
+    .ok();
+    app.gql(
+        Some(&admin.access),
+        set_status,
+        json!({ "id": id, "s": "ACTIVE" }),
+    )
+    .await
+    .ok();
+    let msg = recv(&mut ws).await;
+    assert_eq!(
+        msg["type"], "complete",
+        "the stream ends instead of delivering: {msg}"
+    );
+}
