@@ -382,6 +382,7 @@ async fn listing_services_costs_the_same_queries_for_10_or_100() {
         );
         costs.push(after - before);
     }
+    eprintln!("queries for 10 and for 100 services: {costs:?}");
     assert_eq!(
         costs[0], costs[1],
         "queries for 10 and for 100 services: {costs:?}"
