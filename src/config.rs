@@ -61,6 +61,8 @@ pub struct Settings {
     pub jobs_enabled: bool,
     pub job_workers: usize,
     pub job_poll: Duration,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
 }
 
 impl Settings {
@@ -189,6 +191,7 @@ impl Settings {
             jobs_enabled: env.parse("PODIUM_JOBS_ENABLED", true)?,
             job_workers: env.positive("PODIUM_JOB_WORKERS", 2)?,
             job_poll: Duration::from_millis(env.positive("PODIUM_JOB_POLL_MS", 1000)?),
+            metrics_token: env.get("PODIUM_METRICS_TOKEN"),
         })
     }
 

@@ -172,6 +172,7 @@ fn serve(listener: TcpListener, state: AppState, schema: PodiumSchema) -> anyhow
             .app_data(web::PayloadConfig::new(settings.max_body_bytes))
             .route("/healthz", web::get().to(http::healthz))
             .route("/readyz", web::get().to(http::readyz))
+            .route("/metrics", web::get().to(http::metrics))
             .service(
                 web::resource("/graphql")
                     .route(web::post().to(handlers::graphql))

@@ -72,6 +72,10 @@ impl EventBus {
         let _ = self.tx.send(Arc::new(event));
     }
 
+    pub fn is_listening(&self) -> bool {
+        *self.listening.borrow()
+    }
+
     /// Waits until the LISTEN connection is up (bounded), so that nothing committed after
     /// the server reports ready is missed.
     pub async fn wait_listening(&self, timeout: Duration) -> bool {

@@ -31,6 +31,82 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Prometheus text metrics. With `PODIUM_METRICS_TOKEN` set, only for `Bearer <token>`.
+pub async fn metrics(state: web::Data<AppState>, req: actix_web::HttpRequest) -> HttpResponse {
+    if let Some(expected) = &state.settings.metrics_token {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(
+            crate::auth::token_hash(given).as_slice(),
+            crate::auth::token_hash(expected).as_slice(),
+        )
+        .into();
+        if !ok {
+            return HttpResponse::Unauthorized().finish();
+        }
+    }
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let pool = state.pool.state();
+    let hb = &state.heartbeats;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "podium_db_queries_total",
+        "counter",
+        "Statements run by the connection pool.",
+        state.queries.get(),
+    );
+    metric(
+        "podium_db_pool_connections",
+        "gauge",
+        "Open pool connections.",
+        pool.connections as u64,
+    );
+    metric(
+        "podium_db_pool_idle_connections",
+        "gauge",
+        "Idle pool connections.",
+        pool.idle_connections as u64,
+    );
+    metric(
+        "podium_heartbeats_accepted_total",
+        "counter",
+        "Heartbeats acknowledged.",
+        hb.accepted.load(Relaxed),
+    );
+    metric(
+        "podium_heartbeats_flushed_total",
+        "counter",
+        "Coalesced reports written.",
+        hb.flushed.load(Relaxed),
+    );
+    metric(
+        "podium_heartbeats_pending",
+        "gauge",
+        "Reports waiting for the next flush.",
+        hb.pending_len() as u64,
+    );
+    metric(
+        "podium_events_listening",
+        "gauge",
+        "1 while the LISTEN connection for live events is up.",
+        state.events.is_listening() as u64,
+    );
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}
+
 /// Standard security headers on every response.
 pub fn security_headers() -> DefaultHeaders {
     DefaultHeaders::new()

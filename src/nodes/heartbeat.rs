@@ -6,6 +6,7 @@
 //! that changes the node's status is written and published at once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ pub struct Heartbeats {
     tokens: RwLock<HashMap<Vec<u8>, Uuid>>,
     statuses: RwLock<HashMap<Uuid, NodeStatus>>,
     pending: Mutex<HashMap<Uuid, Report>>,
+    /// Heartbeats acknowledged, and reports written by flushes (for `/metrics`).
+    pub accepted: AtomicU64,
+    pub flushed: AtomicU64,
 }
 
 /// What a report does to a status: readiness moves nodes in and out of ACTIVE;
@@ -86,6 +90,7 @@ impl Heartbeats {
             }
         };
         let (node_id, status) = self.authenticate(pool, token_hash).await?;
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         let target = next_status(status, report.is_ready);
         if target == status {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,6 +221,7 @@ impl Heartbeats {
             }
             return Err(e);
         }
+        self.flushed.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 

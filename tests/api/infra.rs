@@ -199,3 +199,31 @@ async fn internal_errors_carry_no_detail() {
     assert_eq!(r.error()["message"], "internal error");
     assert!(!r.0.to_string().contains("audit_log"), "{}", r.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_exposed_and_can_require_a_token() {
+    let app = spawn_app().await;
+    app.gql(None, "{ serviceCategories { slug } }", json!({}))
+        .await
+        .ok();
+    let body = app.get("/metrics").await.text().await.unwrap();
+    let queries: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("podium_db_queries_total "))
+        .expect("the query counter")
+        .parse()
+        .unwrap();
+    assert!(queries >= 1, "{body}");
+    assert!(body.contains("podium_events_listening 1"), "{body}");
+
+    let app = spawn_app_with(&[("PODIUM_METRICS_TOKEN", "scrape-secret")]).await;
+    assert_eq!(app.get("/metrics").await.status(), 401);
+    let ok = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .bearer_auth("scrape-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
