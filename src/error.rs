@@ -183,12 +183,16 @@ fn camel_case(snake: &str) -> String {
     out
 }
 
-/// Whether a database error is a unique-key violation (a duplicate).
-pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
-    matches!(
-        e,
-        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
-    )
+/// Maps a unique-key violation to CONFLICT "`what` already exists"; other errors stay
+/// internal. The unique index decides, so two racing requests cannot both succeed.
+pub fn conflict_if_duplicate(what: &'static str) -> impl Fn(diesel::result::Error) -> AppError {
+    move |e| match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ) => AppError::Conflict(format!("{what} already exists")),
+        other => other.into(),
+    }
 }
 
 #[cfg(test)]

@@ -4,4 +4,4 @@ pub mod graphql;
 pub mod model;
 pub mod service;
 
-pub use service::record;
+pub use service::{audited, record};

@@ -1,13 +1,39 @@
 //! Writing and reading the audit trail.
 
+use diesel_async::AsyncConnection;
+use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
 use super::model::{self, AuditEntry, AuditFilter, NewAuditEntry};
-use crate::auth::Identity;
+use crate::auth::{Actor, Identity};
 use crate::db::Conn;
 use crate::error::AppResult;
 use crate::pagination::{Page, PageArgs};
 use crate::state::AppState;
+
+/// What an audited change returns: its result, its target's id, and what to record of it.
+pub type Change<T> = AppResult<(T, Option<Uuid>, serde_json::Value)>;
+
+/// Runs an administrator's change and writes its audit row, in one transaction.
+pub async fn audited<T, F>(
+    state: &AppState,
+    actor: &Actor,
+    action: &str,
+    target_type: &str,
+    change: F,
+) -> AppResult<T>
+where
+    T: Send,
+    F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Change<T>> + Send,
+{
+    let mut conn = state.pool.get().await?;
+    conn.transaction(async |conn| {
+        let (value, target, metadata) = change(conn).await?;
+        record(conn, actor.user_id, action, target_type, target, metadata).await?;
+        Ok(value)
+    })
+    .await
+}
 
 /// Writes one audit row; call it inside the transaction of the change it records.
 pub async fn record(

@@ -7,10 +7,10 @@ use validator::Validate;
 
 use super::{Identity, model, new_opaque_token, password, token_hash};
 use crate::db::Conn;
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::error::{AppError, AppResult, conflict_if_duplicate};
 use crate::state::{AppState, ClientInfo};
 use crate::users::model::{self as users, NewUser, Role, User, UserChanges};
-use crate::users::service::{AccountInput, PasswordInput};
+use crate::users::service::{AccountInput, EMAIL_TAKEN, PasswordInput};
 
 const REFRESH_TOKEN_PREFIX: &str = "pdr_";
 
@@ -44,13 +44,7 @@ pub async fn register(
                 },
             )
             .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    AppError::Conflict("an account with this email already exists".into())
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(conflict_if_duplicate(EMAIL_TAKEN))?;
             let (session_id, refresh) = start_session(conn, state, user.id, client).await?;
             Ok::<_, AppError>((user, session_id, refresh))
         })

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use diesel_async::AsyncConnection;
+use futures_util::FutureExt;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -11,7 +11,7 @@ use super::model::{
 };
 use crate::audit;
 use crate::auth::Identity;
-use crate::error::{AppError, AppResult, FieldErrors, is_unique_violation};
+use crate::error::{AppError, AppResult, FieldErrors, conflict_if_duplicate};
 use crate::pagination::{Page, PageArgs};
 use crate::state::AppState;
 
@@ -129,16 +129,6 @@ fn is_env_name(s: &str) -> bool {
         && s.len() <= 128
         && !s.starts_with(|c: char| c.is_ascii_digit())
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn conflict_on_duplicate(what: &'static str) -> impl Fn(diesel::result::Error) -> AppError {
-    move |e| {
-        if is_unique_violation(&e) {
-            AppError::Conflict(format!("{what} already exists"))
-        } else {
-            e.into()
-        }
-    }
 }
 
 // ---- reading
@@ -267,22 +257,22 @@ pub async fn create_category(
 ) -> AppResult<Category> {
     let actor = identity.admin()?;
     let changes = input.validate(true)?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let c = model::insert_category(conn, &changes)
-            .await
-            .map_err(conflict_on_duplicate("a category with this slug"))?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "category.create",
-            "ServiceCategory",
-            c.id,
-            json!({ "slug": c.slug }),
-        )
-        .await?;
-        Ok(c)
-    })
+    audit::audited(
+        state,
+        actor,
+        "category.create",
+        "ServiceCategory",
+        move |conn| {
+            async move {
+                let c = model::insert_category(conn, &changes)
+                    .await
+                    .map_err(conflict_if_duplicate("a category with this slug"))?;
+                let (id, metadata) = (c.id, json!({ "slug": c.slug }));
+                Ok((c, Some(id), metadata))
+            }
+            .boxed()
+        },
+    )
     .await
 }
 
@@ -294,23 +284,23 @@ pub async fn update_category(
 ) -> AppResult<Category> {
     let actor = identity.admin()?;
     let changes = input.validate(false)?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let c = model::update_category(conn, id, &changes)
-            .await
-            .map_err(conflict_on_duplicate("a category with this slug"))?
-            .ok_or_else(|| AppError::not_found("category"))?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "category.update",
-            "ServiceCategory",
-            id,
-            json!({ "slug": c.slug, "isActive": c.is_active }),
-        )
-        .await?;
-        Ok(c)
-    })
+    audit::audited(
+        state,
+        actor,
+        "category.update",
+        "ServiceCategory",
+        move |conn| {
+            async move {
+                let c = model::update_category(conn, id, &changes)
+                    .await
+                    .map_err(conflict_if_duplicate("a category with this slug"))?
+                    .ok_or_else(|| AppError::not_found("category"))?;
+                let metadata = json!({ "slug": c.slug, "isActive": c.is_active });
+                Ok((c, Some(id), metadata))
+            }
+            .boxed()
+        },
+    )
     .await
 }
 
@@ -420,21 +410,15 @@ pub async fn create_service(
 ) -> AppResult<Service> {
     let actor = identity.admin()?;
     let changes = input.validate(true)?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let s = model::insert_service(conn, &changes)
-            .await
-            .map_err(conflict_on_duplicate("a service with this slug"))?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "service.create",
-            "Service",
-            s.id,
-            json!({ "slug": s.slug, "image": s.docker_image }),
-        )
-        .await?;
-        Ok(s)
+    audit::audited(state, actor, "service.create", "Service", move |conn| {
+        async move {
+            let s = model::insert_service(conn, &changes)
+                .await
+                .map_err(conflict_if_duplicate("a service with this slug"))?;
+            let (id, metadata) = (s.id, json!({ "slug": s.slug, "image": s.docker_image }));
+            Ok((s, Some(id), metadata))
+        }
+        .boxed()
     })
     .await
 }
@@ -447,22 +431,17 @@ pub async fn update_service(
 ) -> AppResult<Service> {
     let actor = identity.admin()?;
     let changes = input.validate(false)?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let s = model::update_service(conn, id, &changes)
-            .await
-            .map_err(conflict_on_duplicate("a service with this slug"))?
-            .ok_or_else(|| AppError::not_found("service"))?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "service.update",
-            "Service",
-            id,
-            json!({ "slug": s.slug, "isActive": s.is_active, "isPublic": s.is_public, "image": s.docker_image }),
-        )
-        .await?;
-        Ok(s)
+    audit::audited(state, actor, "service.update", "Service", move |conn| {
+        async move {
+            let s = model::update_service(conn, id, &changes)
+                .await
+                .map_err(conflict_if_duplicate("a service with this slug"))?
+                .ok_or_else(|| AppError::not_found("service"))?;
+            let metadata =
+                json!({ "slug": s.slug, "isActive": s.is_active, "isPublic": s.is_public, "image": s.docker_image });
+            Ok((s, Some(id), metadata))
+        }
+        .boxed()
     })
     .await
 }
@@ -568,23 +547,20 @@ pub async fn create_plan(
 ) -> AppResult<Plan> {
     let actor = identity.admin()?;
     let changes = input.validate(true)?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let service_id = changes.service_id.expect("validated");
-        model::service(conn, service_id).await?.ok_or_else(|| AppError::not_found("service"))?;
-        let p = model::insert_plan(conn, &changes)
-            .await
-            .map_err(conflict_on_duplicate("a plan with this name for this service"))?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "plan.create",
-            "ServicePlan",
-            p.id,
-            json!({ "serviceId": p.service_id, "name": p.name, "monthlyPrice": p.monthly_price, "currency": p.currency }),
-        )
-        .await?;
-        Ok(p)
+    audit::audited(state, actor, "plan.create", "ServicePlan", move |conn| {
+        async move {
+            let service_id = changes.service_id.expect("validated");
+            model::service(conn, service_id)
+                .await?
+                .ok_or_else(|| AppError::not_found("service"))?;
+            let p = model::insert_plan(conn, &changes)
+                .await
+                .map_err(conflict_if_duplicate("a plan with this name for this service"))?;
+            let metadata = json!({ "serviceId": p.service_id, "name": p.name, "monthlyPrice": p.monthly_price, "currency": p.currency });
+            let id = p.id;
+            Ok((p, Some(id), metadata))
+        }
+        .boxed()
     })
     .await
 }
@@ -597,27 +573,21 @@ pub async fn update_plan(
 ) -> AppResult<Plan> {
     let actor = identity.admin()?;
     let changes = input.validate(false)?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let p = model::update_plan(conn, id, &changes)
-            .await
-            .map_err(|e| match &e {
-                diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::CheckViolation, _) => {
-                    AppError::field("totalQuota", "cannot be below the quota already used")
-                }
-                _ => conflict_on_duplicate("a plan with this name for this service")(e),
-            })?
-            .ok_or_else(|| AppError::not_found("plan"))?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "plan.update",
-            "ServicePlan",
-            id,
-            json!({ "name": p.name, "monthlyPrice": p.monthly_price, "currency": p.currency, "isActive": p.is_active }),
-        )
-        .await?;
-        Ok(p)
+    audit::audited(state, actor, "plan.update", "ServicePlan", move |conn| {
+        async move {
+            let p = model::update_plan(conn, id, &changes)
+                .await
+                .map_err(|e| match &e {
+                    diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::CheckViolation, _) => {
+                        AppError::field("totalQuota", "cannot be below the quota already used")
+                    }
+                    _ => conflict_if_duplicate("a plan with this name for this service")(e),
+                })?
+                .ok_or_else(|| AppError::not_found("plan"))?;
+            let metadata = json!({ "name": p.name, "monthlyPrice": p.monthly_price, "currency": p.currency, "isActive": p.is_active });
+            Ok((p, Some(id), metadata))
+        }
+        .boxed()
     })
     .await
 }
@@ -626,29 +596,22 @@ pub async fn update_plan(
 /// (CONFLICT); subscriptions keep the price they were sold at until their next renewal.
 pub async fn delete_plan(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<()> {
     let actor = identity.admin()?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let plan = model::plan(conn, id)
-            .await?
-            .ok_or_else(|| AppError::not_found("plan"))?;
-        // `used_quota` counts the plan's live subscriptions.
-        if plan.used_quota > 0 {
-            return Err(AppError::Conflict(format!(
-                "the plan has {} live subscription(s): deactivate it instead",
-                plan.used_quota
-            )));
+    audit::audited(state, actor, "plan.delete", "ServicePlan", move |conn| {
+        async move {
+            let plan = model::plan(conn, id)
+                .await?
+                .ok_or_else(|| AppError::not_found("plan"))?;
+            // `used_quota` counts the plan's live subscriptions.
+            if plan.used_quota > 0 {
+                return Err(AppError::Conflict(format!(
+                    "the plan has {} live subscription(s): deactivate it instead",
+                    plan.used_quota
+                )));
+            }
+            model::delete_plan(conn, id).await?;
+            Ok(((), Some(id), json!({ "name": plan.name })))
         }
-        model::delete_plan(conn, id).await?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "plan.delete",
-            "ServicePlan",
-            id,
-            json!({ "name": plan.name }),
-        )
-        .await?;
-        Ok(())
+        .boxed()
     })
     .await
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use diesel_async::AsyncConnection;
+use futures_util::FutureExt;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -11,10 +12,10 @@ use super::model::{
     self, NodeChanges, NodeFilter, NodeStatus, NodeTotals, StatusChange, WorkerNode,
 };
 use crate::audit;
-use crate::auth::{Identity, new_opaque_token, token_hash};
+use crate::auth::{Actor, Identity, new_opaque_token, token_hash};
 use crate::catalog::service::Checks;
 use crate::db::Conn;
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::error::{AppError, AppResult, conflict_if_duplicate};
 use crate::events::{self, Event};
 use crate::pagination::{Page, PageArgs};
 use crate::state::AppState;
@@ -92,13 +93,7 @@ impl NodeInput {
     }
 }
 
-fn name_conflict(e: diesel::result::Error) -> AppError {
-    if is_unique_violation(&e) {
-        AppError::Conflict("a worker node with this name already exists".into())
-    } else {
-        e.into()
-    }
-}
+const NAME_TAKEN: &str = "a worker node with this name";
 
 /// A new node token: shown once, stored hashed.
 fn new_token() -> (String, Vec<u8>) {
@@ -173,24 +168,17 @@ pub async fn register(
     let actor = identity.admin()?;
     input.validate(true)?;
     let (token, hash) = new_token();
-    let mut conn = state.pool.get().await?;
-    let node = conn
-        .transaction(async |conn| {
+    let node = audit::audited(state, actor, "node.register", "WorkerNode", move |conn| {
+        async move {
             let node = model::insert(conn, &input.changes, &hash)
                 .await
-                .map_err(name_conflict)?;
-            audit::record(
-                conn,
-                actor.user_id,
-                "node.register",
-                "WorkerNode",
-                node.id,
-                json!({ "name": node.name }),
-            )
-            .await?;
-            Ok::<_, AppError>(node)
-        })
-        .await?;
+                .map_err(conflict_if_duplicate(NAME_TAKEN))?;
+            let (id, metadata) = (node.id, json!({ "name": node.name }));
+            Ok((node, Some(id), metadata))
+        }
+        .boxed()
+    })
+    .await?;
     Ok((node, token))
 }
 
@@ -202,24 +190,7 @@ pub async fn update(
 ) -> AppResult<WorkerNode> {
     let actor = identity.admin()?;
     input.validate(false)?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let node = model::update(conn, id, &input.changes)
-            .await
-            .map_err(name_conflict)?
-            .ok_or_else(|| AppError::not_found("worker node"))?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "node.update",
-            "WorkerNode",
-            id,
-            json!({ "name": node.name }),
-        )
-        .await?;
-        Ok(node)
-    })
-    .await
+    apply_changes(state, actor, id, input.changes, "node.update").await
 }
 
 /// Cordon (false) or uncordon (true): whether new instances may be placed on the node.
@@ -230,30 +201,35 @@ pub async fn set_schedulable(
     schedulable: bool,
 ) -> AppResult<WorkerNode> {
     let actor = identity.admin()?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let changes = NodeChanges {
-            is_schedulable: Some(schedulable),
-            ..Default::default()
-        };
-        let node = model::update(conn, id, &changes)
-            .await?
-            .ok_or_else(|| AppError::not_found("worker node"))?;
-        let action = if schedulable {
-            "node.uncordon"
-        } else {
-            "node.cordon"
-        };
-        audit::record(
-            conn,
-            actor.user_id,
-            action,
-            "WorkerNode",
-            id,
-            json!({ "name": node.name }),
-        )
-        .await?;
-        Ok(node)
+    let changes = NodeChanges {
+        is_schedulable: Some(schedulable),
+        ..Default::default()
+    };
+    let action = if schedulable {
+        "node.uncordon"
+    } else {
+        "node.cordon"
+    };
+    apply_changes(state, actor, id, changes, action).await
+}
+
+async fn apply_changes(
+    state: &AppState,
+    actor: &Actor,
+    id: Uuid,
+    changes: NodeChanges,
+    action: &str,
+) -> AppResult<WorkerNode> {
+    audit::audited(state, actor, action, "WorkerNode", move |conn| {
+        async move {
+            let node = model::update(conn, id, &changes)
+                .await
+                .map_err(conflict_if_duplicate(NAME_TAKEN))?
+                .ok_or_else(|| AppError::not_found("worker node"))?;
+            let metadata = json!({ "name": node.name });
+            Ok((node, Some(id), metadata))
+        }
+        .boxed()
     })
     .await
 }
@@ -265,33 +241,30 @@ pub async fn set_status(
     status: NodeStatus,
 ) -> AppResult<WorkerNode> {
     let actor = identity.admin()?;
-    let mut conn = state.pool.get().await?;
-    let node = conn
-        .transaction(async |conn| {
+    let node = audit::audited(state, actor, "node.set_status", "WorkerNode", move |conn| {
+        async move {
             let change = model::set_status(conn, id, status)
                 .await?
                 .ok_or_else(|| AppError::not_found("worker node"))?;
             publish_changes(conn, std::slice::from_ref(&change)).await?;
-            audit::record(
-                conn,
-                actor.user_id,
-                "node.set_status",
-                "WorkerNode",
-                id,
-                json!({ "from": change.previous_status, "to": status }),
-            )
-            .await?;
-            model::find(conn, id)
+            let node = model::find(conn, id)
                 .await?
-                .ok_or_else(|| AppError::not_found("worker node"))
-        })
-        .await?;
+                .ok_or_else(|| AppError::not_found("worker node"))?;
+            Ok((
+                node,
+                Some(id),
+                json!({ "from": change.previous_status, "to": status }),
+            ))
+        }
+        .boxed()
+    })
+    .await?;
     state.heartbeats.observe_status(id, node.status);
     Ok(node)
 }
 
 /// Issues a new token; the old one stops working at once on this server (within the
-/// heartbeat cache's lifetime on others).
+/// token map's reload interval on others).
 pub async fn rotate_token(
     state: &AppState,
     identity: &Identity,
@@ -299,26 +272,25 @@ pub async fn rotate_token(
 ) -> AppResult<(WorkerNode, String)> {
     let actor = identity.admin()?;
     let (token, hash) = new_token();
-    let mut conn = state.pool.get().await?;
-    let node = conn
-        .transaction(async |conn| {
-            if model::set_token(conn, id, &hash).await? == 0 {
-                return Err(AppError::not_found("worker node"));
+    let node = audit::audited(
+        state,
+        actor,
+        "node.rotate_token",
+        "WorkerNode",
+        move |conn| {
+            async move {
+                if model::set_token(conn, id, &hash).await? == 0 {
+                    return Err(AppError::not_found("worker node"));
+                }
+                let node = model::find(conn, id)
+                    .await?
+                    .ok_or_else(|| AppError::not_found("worker node"))?;
+                Ok((node, Some(id), json!({})))
             }
-            audit::record(
-                conn,
-                actor.user_id,
-                "node.rotate_token",
-                "WorkerNode",
-                id,
-                json!({}),
-            )
-            .await?;
-            model::find(conn, id)
-                .await?
-                .ok_or_else(|| AppError::not_found("worker node"))
-        })
-        .await?;
+            .boxed()
+        },
+    )
+    .await?;
     state.heartbeats.forget(id);
     Ok((node, token))
 }
@@ -327,28 +299,21 @@ pub async fn rotate_token(
 /// a node reporting running pods is refused, so no workload is orphaned silently.
 pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<()> {
     let actor = identity.admin()?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let node = model::find(conn, id)
-            .await?
-            .ok_or_else(|| AppError::not_found("worker node"))?;
-        if node.current_pods > 0 && node.status != NodeStatus::Inactive {
-            return Err(AppError::Conflict(format!(
-                "the node runs {} pod(s): drain it (cordon and wait) before deleting",
-                node.current_pods
-            )));
+    audit::audited(state, actor, "node.delete", "WorkerNode", move |conn| {
+        async move {
+            let node = model::find(conn, id)
+                .await?
+                .ok_or_else(|| AppError::not_found("worker node"))?;
+            if node.current_pods > 0 && node.status != NodeStatus::Inactive {
+                return Err(AppError::Conflict(format!(
+                    "the node runs {} pod(s): drain it (cordon and wait) before deleting",
+                    node.current_pods
+                )));
+            }
+            model::delete(conn, id).await?;
+            Ok(((), Some(id), json!({ "name": node.name })))
         }
-        model::delete(conn, id).await?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "node.delete",
-            "WorkerNode",
-            id,
-            json!({ "name": node.name }),
-        )
-        .await?;
-        Ok(())
+        .boxed()
     })
     .await?;
     state.heartbeats.forget(id);

@@ -3,7 +3,8 @@
 
 use chrono::Utc;
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
+use futures_util::FutureExt;
 use serde_json::json;
 use uuid::Uuid;
 use validator::{Validate, ValidationError};
@@ -13,9 +14,12 @@ use crate::audit;
 use crate::auth::model as sessions;
 use crate::auth::{Identity, password};
 use crate::db::Conn;
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::error::{AppError, AppResult, conflict_if_duplicate};
 use crate::pagination::{Page, PageArgs};
 use crate::state::AppState;
+
+/// What a duplicate email conflicts with (registration, creation, updates).
+pub const EMAIL_TAKEN: &str = "an account with this email";
 
 /// Serializes changes to the set of active administrators (see `ensure_an_admin_remains`).
 const ADMIN_SET_LOCK_KEY: i64 = 0x0070_6f64_6164_6d00;
@@ -166,30 +170,23 @@ pub async fn create(
     let input = input.normalized();
     input.validate()?;
     let hash = password::hash(&input.password).await?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let user = model::insert(
-            conn,
-            &NewUser {
+    audit::audited(state, actor, "user.create", "User", move |conn| {
+        async move {
+            let new = NewUser {
                 name: &input.name,
                 email: &input.email,
                 password_hash: &hash,
                 role,
                 is_active,
-            },
-        )
-        .await
-        .map_err(email_conflict)?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "user.create",
-            "User",
-            user.id,
-            json!({ "email": user.email, "role": role, "isActive": is_active }),
-        )
-        .await?;
-        Ok(user)
+            };
+            let user = model::insert(conn, &new)
+                .await
+                .map_err(conflict_if_duplicate(EMAIL_TAKEN))?;
+            let metadata = json!({ "email": user.email, "role": role, "isActive": is_active });
+            let id = user.id;
+            Ok((user, Some(id), metadata))
+        }
+        .boxed()
     })
     .await
 }
@@ -203,27 +200,20 @@ pub async fn update(
     let actor = identity.admin()?;
     let update = update.normalized();
     update.validate()?;
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        lock_admin_set(conn).await?;
-        let user = model::update(conn, id, &update.changes())
-            .await
-            .map_err(email_conflict)?
-            .ok_or_else(|| AppError::not_found("user"))?;
-        ensure_an_admin_remains(conn).await?;
-        if update.is_active == Some(false) {
-            sessions::revoke_user_sessions(conn, &[id], None, "user deactivated").await?;
+    audit::audited(state, actor, "user.update", "User", move |conn| {
+        async move {
+            lock_admin_set(conn).await?;
+            let user = model::update(conn, id, &update.changes())
+                .await
+                .map_err(conflict_if_duplicate(EMAIL_TAKEN))?
+                .ok_or_else(|| AppError::not_found("user"))?;
+            ensure_an_admin_remains(conn).await?;
+            if update.is_active == Some(false) {
+                sessions::revoke_user_sessions(conn, &[id], None, "user deactivated").await?;
+            }
+            Ok((user, Some(id), update.audit_metadata()))
         }
-        audit::record(
-            conn,
-            actor.user_id,
-            "user.update",
-            "User",
-            id,
-            update.audit_metadata(),
-        )
-        .await?;
-        Ok(user)
+        .boxed()
     })
     .await
 }
@@ -235,24 +225,17 @@ pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResul
             "you cannot delete your own account".into(),
         ));
     }
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        lock_admin_set(conn).await?;
-        let user = model::find(conn, id)
-            .await?
-            .ok_or_else(|| AppError::not_found("user"))?;
-        model::delete(conn, id).await?;
-        ensure_an_admin_remains(conn).await?;
-        audit::record(
-            conn,
-            actor.user_id,
-            "user.delete",
-            "User",
-            id,
-            json!({ "email": user.email }),
-        )
-        .await?;
-        Ok(())
+    audit::audited(state, actor, "user.delete", "User", move |conn| {
+        async move {
+            lock_admin_set(conn).await?;
+            let user = model::find(conn, id)
+                .await?
+                .ok_or_else(|| AppError::not_found("user"))?;
+            model::delete(conn, id).await?;
+            ensure_an_admin_remains(conn).await?;
+            Ok(((), Some(id), json!({ "email": user.email })))
+        }
+        .boxed()
     })
     .await
 }
@@ -275,37 +258,31 @@ pub async fn bulk_update(
     if role.is_none() && is_active.is_none() {
         return Err(AppError::field("input", "must change role or isActive"));
     }
-    let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        lock_admin_set(conn).await?;
-        let changes = UserChanges {
-            role,
-            is_active,
-            updated_at: Some(Utc::now()),
-            ..Default::default()
-        };
-        let updated = model::update_many(conn, &ids, &changes).await?;
-        if updated != ids.len() {
-            return Err(AppError::NotFound(format!(
-                "{} of the {} users do not exist; nothing was changed",
-                ids.len() - updated,
-                ids.len()
-            )));
+    audit::audited(state, actor, "user.bulk_update", "User", move |conn| {
+        async move {
+            lock_admin_set(conn).await?;
+            let changes = UserChanges {
+                role,
+                is_active,
+                updated_at: Some(Utc::now()),
+                ..Default::default()
+            };
+            let updated = model::update_many(conn, &ids, &changes).await?;
+            if updated != ids.len() {
+                return Err(AppError::NotFound(format!(
+                    "{} of the {} users do not exist; nothing was changed",
+                    ids.len() - updated,
+                    ids.len()
+                )));
+            }
+            ensure_an_admin_remains(conn).await?;
+            if is_active == Some(false) {
+                sessions::revoke_user_sessions(conn, &ids, None, "user deactivated").await?;
+            }
+            let metadata = json!({ "ids": ids, "role": role, "isActive": is_active });
+            Ok((updated as i64, None, metadata))
         }
-        ensure_an_admin_remains(conn).await?;
-        if is_active == Some(false) {
-            sessions::revoke_user_sessions(conn, &ids, None, "user deactivated").await?;
-        }
-        audit::record(
-            conn,
-            actor.user_id,
-            "user.bulk_update",
-            "User",
-            None,
-            json!({ "ids": ids, "role": role, "isActive": is_active }),
-        )
-        .await?;
-        Ok(updated as i64)
+        .boxed()
     })
     .await
 }
@@ -350,12 +327,4 @@ async fn ensure_an_admin_remains(conn: &mut Conn) -> AppResult<()> {
         ));
     }
     Ok(())
-}
-
-fn email_conflict(e: diesel::result::Error) -> AppError {
-    if is_unique_violation(&e) {
-        AppError::Conflict("an account with this email already exists".into())
-    } else {
-        e.into()
-    }
 }
