@@ -42,12 +42,16 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub introspection: bool,
     pub cors_origins: Vec<String>,
-    pub trust_proxy: bool,
+    /// Proxies whose `X-Forwarded-For` is believed (empty: none).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub rate_limit_per_ip: u32,
     pub rate_limit_per_user: u32,
+    pub rate_limit_per_node: u32,
     pub rate_limit_window: Duration,
     pub login_max_failures_per_email: u32,
     pub login_max_attempts_per_ip: u32,
+    /// Failed logins for one email (from any address) after which each attempt is slowed down.
+    pub login_slowdown_after: u32,
     pub login_window: Duration,
     /// What node agents are told: send the next heartbeat in this many seconds.
     pub heartbeat_interval: Duration,
@@ -168,14 +172,16 @@ impl Settings {
             max_body_bytes: env.positive("PODIUM_MAX_BODY_BYTES", 1024 * 1024)?,
             introspection: env.parse("PODIUM_INTROSPECTION", true)?,
             cors_origins,
-            trust_proxy: env.parse("PODIUM_TRUST_PROXY", false)?,
+            trusted_proxies: env.cidrs("PODIUM_TRUSTED_PROXIES")?,
             rate_limit_per_ip: env.positive("PODIUM_RATE_LIMIT_PER_IP", 600)?,
             rate_limit_per_user: env.positive("PODIUM_RATE_LIMIT_PER_USER", 300)?,
+            rate_limit_per_node: env.positive("PODIUM_RATE_LIMIT_PER_NODE", 300)?,
             rate_limit_window: Duration::from_secs(
                 env.positive("PODIUM_RATE_LIMIT_WINDOW_SECS", 60)?,
             ),
             login_max_failures_per_email: env.positive("PODIUM_LOGIN_MAX_FAILURES_PER_EMAIL", 5)?,
             login_max_attempts_per_ip: env.positive("PODIUM_LOGIN_MAX_ATTEMPTS_PER_IP", 30)?,
+            login_slowdown_after: env.positive("PODIUM_LOGIN_SLOWDOWN_AFTER", 20)?,
             login_window: Duration::from_secs(env.positive("PODIUM_LOGIN_WINDOW_SECS", 900)?),
             heartbeat_interval: Duration::from_secs(
                 env.positive("PODIUM_HEARTBEAT_INTERVAL_SECS", 10)?,
@@ -219,6 +225,25 @@ impl Env {
                 message: format!("cannot parse {raw:?}: {e}"),
             }),
         }
+    }
+
+    /// Comma-separated CIDRs (a bare address is a /32 or /128).
+    fn cidrs(&self, var: &'static str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        let Some(raw) = self.get(var) else {
+            return Ok(Vec::new());
+        };
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| ConfigError {
+                        var,
+                        message: format!("{s:?} is not an address or CIDR (e.g. 10.0.0.0/8)"),
+                    })
+            })
+            .collect()
     }
 
     /// A cron expression with seconds: `sec min hour day-of-month month day-of-week`.
@@ -271,6 +296,19 @@ mod tests {
         let err = Settings::from_vars(vars(&[("DATABASE_URL", "postgres://x@localhost/db")]))
             .unwrap_err();
         assert_eq!(err.var, "PODIUM_JWT_SECRET");
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs() {
+        let s = Settings::from_vars(vars(&[(
+            "PODIUM_TRUSTED_PROXIES",
+            "10.0.0.0/8, 127.0.0.1,::1/128",
+        )]))
+        .unwrap();
+        assert_eq!(s.trusted_proxies.len(), 3);
+        assert!(s.trusted_proxies[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+        let err = Settings::from_vars(vars(&[("PODIUM_TRUSTED_PROXIES", "10.0.0/8")])).unwrap_err();
+        assert_eq!(err.var, "PODIUM_TRUSTED_PROXIES");
     }
 
     #[test]

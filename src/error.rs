@@ -68,6 +68,11 @@ impl AppError {
         AppError::Forbidden("you are not allowed to do this".into())
     }
 
+    /// Over a limit: retry after this many seconds.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        AppError::RateLimited { retry_after_secs }
+    }
+
     pub fn not_found(what: &str) -> Self {
         AppError::NotFound(format!("{what} not found"))
     }

@@ -138,6 +138,18 @@ async fn spawn_background(
             }
         }
     }));
+    // Rate limiters forget idle keys, so their memory follows the active clients only.
+    let limits = state.limits.clone();
+    let mut stop = stopping.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = every.tick() => limits.prune(),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }));
     if state.settings.jobs_enabled {
         tasks.extend(jobs::runner::spawn_workers(
             state.clone(),
@@ -179,7 +191,7 @@ fn serve(listener: TcpListener, state: AppState, schema: PodiumSchema) -> anyhow
                     .route(
                         web::get()
                             .guard(guard::Header("upgrade", "websocket"))
-                            .to(handlers::graphql_ws),
+                            .to(graphql::socket::graphql_ws),
                     )
                     .route(web::get().to(handlers::graphiql)),
             )

@@ -26,8 +26,19 @@ pub struct AppState {
 }
 
 /// Who is calling from where: for sessions, throttling and the audit trail.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClientInfo {
-    pub ip: Option<String>,
+    /// The client's address: the socket peer, or behind a trusted proxy the right-most
+    /// `X-Forwarded-For` hop that is not itself trusted.
+    pub ip: std::net::IpAddr,
     pub user_agent: Option<String>,
+}
+
+impl Default for ClientInfo {
+    fn default() -> Self {
+        ClientInfo {
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            user_agent: None,
+        }
+    }
 }

@@ -66,34 +66,80 @@ impl Identity {
     }
 }
 
-/// Resolves an `Authorization` header value (`Bearer <token>`).
-pub async fn resolve(state: &AppState, authorization: Option<&str>) -> AppResult<Identity> {
+/// What a bearer token claims, before the caller's current state is looked up. A
+/// WebSocket keeps this from `connection_init` and has every operation judged anew.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    None,
+    /// Malformed, badly signed or expired at the time it was presented.
+    Invalid,
+    User {
+        user_id: Uuid,
+        session_id: Uuid,
+        /// Unix seconds: the token's `exp`.
+        expires_at: i64,
+    },
+    Node {
+        token_hash: Vec<u8>,
+    },
+}
+
+/// Reads an `Authorization` header value (`Bearer <token>`): signature and expiry only.
+pub fn credentials(state: &AppState, authorization: Option<&str>) -> Credentials {
     let Some(header) = authorization.map(str::trim).filter(|h| !h.is_empty()) else {
-        return Ok(Identity::Anonymous);
+        return Credentials::None;
     };
     let Some(token) = header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
         .map(str::trim)
     else {
-        return Ok(Identity::Invalid);
+        return Credentials::Invalid;
     };
     if token.starts_with(crate::nodes::TOKEN_PREFIX) {
-        return Ok(Identity::Node {
+        return Credentials::Node {
             token_hash: super::token_hash(token),
-        });
+        };
     }
-    let claims = match state.jwt.verify(token) {
-        Ok(claims) => claims,
+    match state.jwt.verify(token) {
+        Ok(claims) => Credentials::User {
+            user_id: claims.sub,
+            session_id: claims.sid,
+            expires_at: claims.exp,
+        },
         Err(e) => {
             tracing::debug!(error = %e, "rejected access token");
-            return Ok(Identity::Invalid);
+            Credentials::Invalid
         }
-    };
-    Ok(match current(state, claims.sub, claims.sid).await? {
-        Some(actor) => Identity::User(actor),
-        None => Identity::Invalid,
+    }
+}
+
+/// The identity `credentials` stand for now: the token unexpired, the session not revoked,
+/// the user active, with the user's current role.
+pub async fn judge(state: &AppState, credentials: &Credentials) -> AppResult<Identity> {
+    Ok(match credentials {
+        Credentials::None => Identity::Anonymous,
+        Credentials::Invalid => Identity::Invalid,
+        Credentials::Node { token_hash } => Identity::Node {
+            token_hash: token_hash.clone(),
+        },
+        Credentials::User { expires_at, .. } if *expires_at <= Utc::now().timestamp() => {
+            Identity::Invalid
+        }
+        Credentials::User {
+            user_id,
+            session_id,
+            ..
+        } => match current(state, *user_id, *session_id).await? {
+            Some(actor) => Identity::User(actor),
+            None => Identity::Invalid,
+        },
     })
+}
+
+/// Resolves an `Authorization` header value (`Bearer <token>`).
+pub async fn resolve(state: &AppState, authorization: Option<&str>) -> AppResult<Identity> {
+    judge(state, &credentials(state, authorization)).await
 }
 
 /// The user behind a session as they are now: none if deactivated or the session revoked.

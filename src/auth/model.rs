@@ -34,7 +34,7 @@ pub async fn create_session(
     diesel::insert_into(sessions::table)
         .values((
             sessions::user_id.eq(user_id),
-            sessions::ip.eq(client.ip.as_deref()),
+            sessions::ip.eq(client.ip.to_string()),
             sessions::user_agent.eq(client.user_agent.as_deref().map(|ua| truncate(ua, 512))),
         ))
         .returning(sessions::id)

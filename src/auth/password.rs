@@ -31,18 +31,33 @@ fn hash_blocking(password: &str) -> AppResult<String> {
         .map_err(|e| AppError::internal(anyhow::anyhow!("hashing a password: {e}")))
 }
 
-pub async fn hash(password: &str) -> AppResult<String> {
-    let password = password.to_string();
-    tokio::task::spawn_blocking(move || hash_blocking(&password))
+/// Hashes in flight at once: each holds 19 MiB, so a burst of logins queues here instead
+/// of exhausting memory or starving the blocking pool.
+static HASHING: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(cpus.max(2))
+});
+
+/// Runs one argon2 computation on the blocking pool, within the concurrency bound.
+async fn run_bounded<T: Send + 'static>(
+    work: impl FnOnce() -> AppResult<T> + Send + 'static,
+) -> AppResult<T> {
+    let _permit = HASHING.acquire().await.map_err(AppError::internal)?;
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(AppError::internal)?
+}
+
+pub async fn hash(password: &str) -> AppResult<String> {
+    let password = password.to_string();
+    run_bounded(move || hash_blocking(&password)).await
 }
 
 /// Checks `password` against `stored`; with no stored hash it spends the same time and fails.
 pub async fn verify(password: &str, stored: Option<&str>) -> AppResult<bool> {
     let password = password.to_string();
     let stored = stored.map(str::to_string);
-    tokio::task::spawn_blocking(move || {
+    run_bounded(move || {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| DUMMY_HASH.clone());
         let parsed = PasswordHash::new(&stored).map_err(|e| {
@@ -54,7 +69,6 @@ pub async fn verify(password: &str, stored: Option<&str>) -> AppResult<bool> {
                 .is_ok())
     })
     .await
-    .map_err(AppError::internal)?
 }
 
 /// Computes the dummy hash ahead of the first login, so it doesn't skew that one's timing.

@@ -8,6 +8,7 @@ use validator::Validate;
 use super::{Identity, model, new_opaque_token, password, token_hash};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult, conflict_if_duplicate};
+use crate::ratelimit::{address_key, login_slowdown};
 use crate::state::{AppState, ClientInfo};
 use crate::users::model::{self as users, NewUser, Role, User, UserChanges};
 use crate::users::service::{AccountInput, EMAIL_TAKEN, PasswordInput};
@@ -61,12 +62,25 @@ pub async fn login(
 ) -> AppResult<AuthTokens> {
     throttle_ip(state, client)?;
     let email = email.trim().to_lowercase();
-    let email_key = format!("login:{email}");
-    state
-        .limits
-        .login_failures_per_email
-        .peek(&email_key)
-        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })?;
+    let limits = &state.limits;
+    // Reserved before the password is checked, so parallel guesses can't all get past it.
+    let attempt = limits
+        .login_failures_per_pair
+        .reserve(format!("{email} {}", address_key(client.ip)))
+        .map_err(AppError::rate_limited)?;
+    // Failures from every address slow each attempt at this email, but never refuse it:
+    // a flood from many addresses can't lock the owner out.
+    let slowdown = login_slowdown(
+        limits.login_failures_per_email.count(&email),
+        state.settings.login_slowdown_after,
+    );
+    if !slowdown.is_zero() {
+        tracing::info!(
+            delay_ms = slowdown.as_millis() as u64,
+            "login slowed down: many recent failures for this account"
+        );
+        tokio::time::sleep(slowdown).await;
+    }
 
     let mut conn = state.pool.get().await?;
     let user = users::find_by_email(&mut conn, &email).await?;
@@ -79,17 +93,17 @@ pub async fn login(
     let user = match user {
         Some(user) if ok => user,
         _ => {
-            let _ = state.limits.login_failures_per_email.hit(&email_key);
-            tracing::info!(ip = ?client.ip, "failed login");
+            limits.login_failures_per_email.record(email);
+            tracing::info!(ip = %client.ip, "failed login");
             return Err(AppError::Unauthenticated(
                 "invalid email or password".into(),
             ));
         }
     };
+    attempt.succeeded();
     if !user.is_active {
         return Err(AppError::Forbidden("this account is deactivated".into()));
     }
-    state.limits.login_failures_per_email.reset(&email_key);
     let (session_id, refresh_token) = conn
         .transaction(async |conn| {
             users::touch_last_login(conn, user.id).await?;
@@ -197,6 +211,12 @@ pub async fn change_password(
 ) -> AppResult<()> {
     let actor = identity.actor()?;
     new.validate()?;
+    // A stolen access token must not become a way to guess the password.
+    let attempt = state
+        .limits
+        .password_failures_per_user
+        .reserve(actor.user_id.to_string())
+        .map_err(AppError::rate_limited)?;
     let mut conn = state.pool.get().await?;
     let user = users::find(&mut conn, actor.user_id)
         .await?
@@ -204,6 +224,7 @@ pub async fn change_password(
     if !password::verify(current, Some(&user.password_hash)).await? {
         return Err(AppError::field("currentPassword", "is incorrect"));
     }
+    attempt.succeeded();
     let hash = password::hash(&new.new_password).await?;
     conn.transaction(async |conn| {
         users::update(
@@ -225,13 +246,13 @@ pub async fn change_password(
     Ok(())
 }
 
+/// Login and registration attempts per client address.
 fn throttle_ip(state: &AppState, client: &ClientInfo) -> AppResult<()> {
-    let key = client.ip.as_deref().unwrap_or("unknown");
     state
         .limits
         .login_attempts_per_ip
-        .hit(key)
-        .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
+        .hit(&address_key(client.ip))
+        .map_err(AppError::rate_limited)
 }
 
 async fn start_session(

@@ -1,17 +1,16 @@
-//! actix handlers: `POST /graphql`, GraphiQL on `GET /graphql`, subscriptions over
-//! WebSocket on `/graphql` (graphql-transport-ws and legacy graphql-ws).
+//! actix handlers: `POST /graphql` and GraphiQL on `GET /graphql` (WebSockets: `socket.rs`).
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use async_graphql::ErrorExtensions;
 use async_graphql::http::GraphiQLSource;
-use async_graphql_actix_web::GraphQLSubscription;
 use serde_json::json;
 
+use super::caller::{self, client_info};
 use super::{PodiumSchema, request_data};
 use crate::auth::identity;
 use crate::error::AppError;
-use crate::state::{AppState, ClientInfo};
+use crate::state::AppState;
 
 pub async fn graphql(
     state: web::Data<AppState>,
@@ -19,16 +18,16 @@ pub async fn graphql(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let client = client_info(&req, state.settings.trust_proxy);
-    if let Err(wait) = state
-        .limits
-        .per_ip
-        .hit(client.ip.as_deref().unwrap_or("unknown"))
-    {
-        return error_response(AppError::RateLimited {
-            retry_after_secs: wait,
-        });
-    }
+    let client = client_info(&req, &state.settings.trusted_proxies);
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let credentials = identity::credentials(&state, authorization);
+    let identity = match caller::admit(&state, &credentials, &client).await {
+        Ok(identity) => identity,
+        Err(e) => return error_response(e),
+    };
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -38,21 +37,6 @@ pub async fn graphql(
             });
         }
     };
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let identity = match identity::resolve(&state, authorization).await {
-        Ok(identity) => identity,
-        Err(e) => return error_response(e),
-    };
-    if let crate::auth::Identity::User(actor) = &identity
-        && let Err(wait) = state.limits.per_user.hit(&actor.user_id.to_string())
-    {
-        return error_response(AppError::RateLimited {
-            retry_after_secs: wait,
-        });
-    }
     let mut request = request;
     request.data = request_data(&state, identity, client);
     let response = schema.execute(request).await;
@@ -90,60 +74,6 @@ pub async fn graphiql() -> HttpResponse {
                 .subscription_endpoint("/graphql")
                 .finish(),
         )
-}
-
-/// Subscriptions: the identity comes from the `connection_init` payload
-/// (`{"authorization": "Bearer <jwt>"}`), judged like an HTTP request's.
-pub async fn graphql_ws(
-    state: web::Data<AppState>,
-    schema: web::Data<PodiumSchema>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> actix_web::Result<HttpResponse> {
-    let client = client_info(&req, state.settings.trust_proxy);
-    if let Err(wait) = state
-        .limits
-        .per_ip
-        .hit(client.ip.as_deref().unwrap_or("unknown"))
-    {
-        return Ok(error_response(AppError::RateLimited {
-            retry_after_secs: wait,
-        }));
-    }
-    let state = state.get_ref().clone();
-    GraphQLSubscription::new(schema.get_ref().clone())
-        .on_connection_init(move |payload: serde_json::Value| async move {
-            let authorization = ["authorization", "Authorization"]
-                .iter()
-                .find_map(|k| payload.get(*k).and_then(|v| v.as_str()));
-            let identity = identity::resolve(&state, authorization)
-                .await
-                .map_err(async_graphql::Error::from)?;
-            Ok(request_data(&state, identity, client))
-        })
-        .start(&req, payload)
-}
-
-/// The caller's address: the socket peer, or with `PODIUM_TRUST_PROXY` the first
-/// `X-Forwarded-For` entry set by the proxy in front.
-pub fn client_info(req: &HttpRequest, trust_proxy: bool) -> ClientInfo {
-    let forwarded = trust_proxy
-        .then(|| {
-            req.headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(|ip| ip.trim().to_string())
-        })
-        .flatten();
-    ClientInfo {
-        ip: forwarded.or_else(|| req.peer_addr().map(|a| a.ip().to_string())),
-        user_agent: req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-    }
 }
 
 /// An error outside GraphQL execution, in the GraphQL response shape.

@@ -1,6 +1,8 @@
 //! Schema assembly, request context helpers and the actix handlers.
 
+pub mod caller;
 pub mod handlers;
+pub mod socket;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::dataloader::{DataLoader, HashMapCache};

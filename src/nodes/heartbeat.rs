@@ -127,6 +127,15 @@ impl Heartbeats {
         })
     }
 
+    /// The node a token belongs to, if this replica knows it (no database access).
+    pub fn known_node(&self, token_hash: &[u8]) -> Option<Uuid> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token_hash)
+            .copied()
+    }
+
     async fn authenticate(
         &self,
         pool: &DbPool,

@@ -14,7 +14,7 @@ const HEARTBEAT: &str = "mutation($input: NodeHeartbeatInput) { nodeHeartbeat(in
 const NODE: &str = "query($id: ID!) { workerNode(id: $id) { status isReady isOnline currentPods allocatedCpu allocatedMemoryMb kernelVersion labels lastHeartbeat } }";
 
 /// Registers a node; returns (id, token).
-async fn register(app: &TestApp, admin: &str, name: &str) -> (String, String) {
+pub async fn register(app: &TestApp, admin: &str, name: &str) -> (String, String) {
     let r = app
         .gql(Some(admin), REGISTER, json!({ "name": name }))
         .await
@@ -26,7 +26,7 @@ async fn register(app: &TestApp, admin: &str, name: &str) -> (String, String) {
     )
 }
 
-async fn heartbeat(app: &TestApp, token: &str, input: Value) -> Gql {
+pub async fn heartbeat(app: &TestApp, token: &str, input: Value) -> Gql {
     app.gql(Some(token), HEARTBEAT, json!({ "input": input }))
         .await
 }
