@@ -93,8 +93,20 @@ impl AppError {
 
 impl From<diesel::result::Error> for AppError {
     fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
         match e {
-            diesel::result::Error::NotFound => AppError::NotFound("not found".into()),
+            Error::NotFound => AppError::NotFound("not found".into()),
+            // The database keeps references whole; say which way the change broke one.
+            Error::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info) => {
+                if info.message().contains("still referenced") {
+                    AppError::Conflict("it is still in use by other records".into())
+                } else {
+                    AppError::BadUserInput {
+                        message: "refers to something that does not exist".into(),
+                        fields: Default::default(),
+                    }
+                }
+            }
             other => AppError::Internal(other.into()),
         }
     }

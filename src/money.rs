@@ -2,28 +2,29 @@
 //! major units. Never a float.
 
 use async_graphql::{InputObject, SimpleObject};
+use iso_currency::Currency;
 
 use crate::error::{AppError, AppResult};
 
-/// Minor-unit exponents that differ from 2 (ISO 4217); any other valid code has 2.
-fn exponent(currency: &str) -> u32 {
-    match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
-    }
+/// The ISO 4217 currency with this code that has minor units (not gold, SDRs, ...).
+fn currency(code: &str) -> Option<(Currency, u32)> {
+    let currency = Currency::from_code(code)?;
+    Some((currency, u32::from(currency.exponent()?)))
 }
 
-pub fn validate_currency(field: &str, currency: &str) -> AppResult<String> {
-    let c = currency.trim().to_uppercase();
-    if c.len() == 3 && c.chars().all(|ch| ch.is_ascii_uppercase()) {
-        Ok(c)
-    } else {
-        Err(AppError::field(
+/// Decimal places of a currency's minor unit (codes are validated before they are stored).
+fn exponent(code: &str) -> u32 {
+    currency(code).map_or(2, |(_, exp)| exp)
+}
+
+pub fn validate_currency(field: &str, code: &str) -> AppResult<String> {
+    let code = code.trim().to_uppercase();
+    match currency(&code) {
+        Some((currency, _)) => Ok(currency.code().to_string()),
+        None => Err(AppError::field(
             field,
-            "must be a three-letter ISO 4217 currency code",
-        ))
+            "must be an ISO 4217 currency code with minor units, such as IDR, USD or EUR",
+        )),
     }
 }
 
@@ -125,5 +126,9 @@ mod tests {
         assert!(parse_amount("p", "-1", "USD").is_err());
         assert!(parse_amount("p", "1e3", "USD").is_err());
         assert!(validate_currency("c", "rupiah").is_err());
+        // Three letters are not enough: the code must exist and have minor units.
+        assert!(validate_currency("c", "XYZ").is_err());
+        assert!(validate_currency("c", "XAU").is_err());
+        assert_eq!(validate_currency("c", " usd ").unwrap(), "USD");
     }
 }

@@ -25,8 +25,13 @@ impl AuditEntry {
             .load_one(actor_id)
             .await
     }
+    /// Kept after the actor is deleted.
     async fn actor_id(&self) -> Option<ID> {
         self.actor_id.map(|id| ID(id.to_string()))
+    }
+    /// The actor's email when they acted; kept after the actor is deleted.
+    async fn actor_email(&self) -> Option<&str> {
+        self.actor_email.as_deref()
     }
     /// e.g. `user.create`, `user.update`, `user.delete`, `user.bulk_update`.
     async fn action(&self) -> &str {

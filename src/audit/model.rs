@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use crate::db::Conn;
-use crate::db::schema::audit_log;
+use crate::db::schema::{audit_log, users};
 use crate::pagination::{Cursor, PageArgs};
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -20,6 +20,8 @@ pub struct AuditEntry {
     pub target_id: Option<String>,
     pub metadata: serde_json::Value,
     pub created_at: DateTime<Utc>,
+    /// The actor's email when the row was written.
+    pub actor_email: Option<String>,
 }
 
 impl AuditEntry {
@@ -32,6 +34,7 @@ impl AuditEntry {
 #[diesel(table_name = audit_log)]
 pub struct NewAuditEntry<'a> {
     pub actor_id: Option<Uuid>,
+    pub actor_email: Option<String>,
     pub action: &'a str,
     pub target_type: &'a str,
     pub target_id: Option<String>,
@@ -53,6 +56,16 @@ fn filtered(filter: &AuditFilter) -> audit_log::BoxedQuery<'static, Pg> {
         query = query.filter(audit_log::action.eq(action));
     }
     query
+}
+
+/// The email of the user acting now, to be kept with the row.
+pub async fn actor_email(conn: &mut Conn, actor_id: Uuid) -> QueryResult<Option<String>> {
+    users::table
+        .find(actor_id)
+        .select(users::email)
+        .first(conn)
+        .await
+        .optional()
 }
 
 pub async fn insert(conn: &mut Conn, entry: &NewAuditEntry<'_>) -> QueryResult<()> {

@@ -7,14 +7,15 @@ use uuid::Uuid;
 use super::model::{self, AuditEntry, AuditFilter, NewAuditEntry};
 use crate::auth::{Actor, Identity};
 use crate::db::Conn;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use crate::pagination::{Page, PageArgs};
 use crate::state::AppState;
 
 /// What an audited change returns: its result, its target's id, and what to record of it.
 pub type Change<T> = AppResult<(T, Option<Uuid>, serde_json::Value)>;
 
-/// Runs an administrator's change and writes its audit row, in one transaction.
+/// Runs an administrator's change and writes its audit row, in one transaction; the
+/// change is logged once it has committed.
 pub async fn audited<T, F>(
     state: &AppState,
     actor: &Actor,
@@ -27,15 +28,19 @@ where
     F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Change<T>> + Send,
 {
     let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        let (value, target, metadata) = change(conn).await?;
-        record(conn, actor.user_id, action, target_type, target, metadata).await?;
-        Ok(value)
-    })
-    .await
+    let (value, target) = conn
+        .transaction(async |conn| {
+            let (value, target, metadata) = change(conn).await?;
+            record(conn, actor.user_id, action, target_type, target, metadata).await?;
+            Ok::<_, AppError>((value, target))
+        })
+        .await?;
+    tracing::info!(actor_id = %actor.user_id, action, target_type, target_id = ?target, "audit");
+    Ok(value)
 }
 
-/// Writes one audit row; call it inside the transaction of the change it records.
+/// Writes one audit row, with the actor's email as it is now; call it inside the
+/// transaction of the change it records.
 pub async fn record(
     conn: &mut Conn,
     actor_id: Uuid,
@@ -46,13 +51,13 @@ pub async fn record(
 ) -> AppResult<()> {
     let entry = NewAuditEntry {
         actor_id: Some(actor_id),
+        actor_email: model::actor_email(conn, actor_id).await?,
         action,
         target_type,
         target_id: target_id.into().map(|id| id.to_string()),
         metadata,
     };
     model::insert(conn, &entry).await?;
-    tracing::info!(%actor_id, action, target_type, target_id = ?entry.target_id, "audit");
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::model::{Category, Plan, Service};
 use super::service::{self, CategoryInput, PlanInput, ServiceInput, ServiceQuery};
+use crate::auth::Identity;
 use crate::graphql::{ContextExt, PodiumConnection, connection, parse_id};
 use crate::money::{Money, MoneyInput};
 use crate::pagination::PageArgs;
@@ -56,19 +57,34 @@ impl Service {
     async fn icon(&self) -> Option<&str> {
         self.icon.as_deref()
     }
-    async fn docker_image(&self) -> &str {
-        &self.docker_image
+    /// Administrators only (FORBIDDEN for others).
+    async fn docker_image(&self, ctx: &Context<'_>) -> Result<Option<&str>> {
+        Ok(Some(service::operator_field(
+            ctx.identity(),
+            self.docker_image.as_str(),
+        )?))
     }
-    async fn container_port(&self) -> i32 {
-        self.container_port
+    /// Administrators only (FORBIDDEN for others).
+    async fn container_port(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
+        Ok(Some(service::operator_field(
+            ctx.identity(),
+            self.container_port,
+        )?))
     }
-    /// Environment variable name -> template; `${host}` is the instance's host and
-    /// `${secret:N}` a generated secret of N characters.
-    async fn env_template(&self) -> Json<&serde_json::Value> {
-        Json(&self.env_template)
+    /// Administrators only (FORBIDDEN for others). Environment variable name -> template;
+    /// `${host}` is the instance's host and `${secret:N}` a generated secret of N characters.
+    async fn env_template(&self, ctx: &Context<'_>) -> Result<Option<Json<&serde_json::Value>>> {
+        Ok(Some(service::operator_field(
+            ctx.identity(),
+            Json(&self.env_template),
+        )?))
     }
-    async fn volume_mount_path(&self) -> Option<&str> {
-        self.volume_mount_path.as_deref()
+    /// Administrators only (FORBIDDEN for others).
+    async fn volume_mount_path(&self, ctx: &Context<'_>) -> Result<Option<&str>> {
+        Ok(service::operator_field(
+            ctx.identity(),
+            self.volume_mount_path.as_deref(),
+        )?)
     }
     async fn tags(&self) -> Vec<&str> {
         self.tags.iter().flatten().map(String::as_str).collect()
@@ -96,17 +112,15 @@ impl Service {
             .data_unchecked::<CatalogDataLoader>()
             .load_one(CategoryKey(id))
             .await?;
-        Ok(category.filter(|c| c.is_active || ctx.identity().is_admin()))
+        Ok(category)
     }
     /// The plans on sale (administrators also see inactive ones), cheapest first.
     async fn plans(&self, ctx: &Context<'_>) -> Result<Vec<Plan>> {
-        let plans = ctx
+        Ok(ctx
             .data_unchecked::<CatalogDataLoader>()
             .load_one(PlansOf(self.id))
             .await?
-            .unwrap_or_default();
-        let admin = ctx.identity().is_admin();
-        Ok(plans.into_iter().filter(|p| p.is_active || admin).collect())
+            .unwrap_or_default())
     }
 }
 
@@ -137,12 +151,16 @@ impl Plan {
     async fn storage_gb(&self) -> i32 {
         self.storage_gb
     }
-    /// Null: unlimited.
-    async fn total_quota(&self) -> Option<i32> {
-        self.total_quota
+    /// Administrators only (FORBIDDEN for others). Null: unlimited.
+    async fn total_quota(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
+        Ok(service::operator_field(ctx.identity(), self.total_quota)?)
     }
-    async fn used_quota(&self) -> i32 {
-        self.used_quota
+    /// Administrators only (FORBIDDEN for others).
+    async fn used_quota(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
+        Ok(Some(service::operator_field(
+            ctx.identity(),
+            self.used_quota,
+        )?))
     }
     /// Null: unlimited.
     async fn remaining_quota(&self) -> Option<i32> {
@@ -169,11 +187,12 @@ pub type CatalogDataLoader = DataLoader<CatalogLoader, HashMapCache>;
 /// Batches the categories and plans a page of services refers to.
 pub struct CatalogLoader {
     state: AppState,
+    identity: Identity,
 }
 
 impl CatalogLoader {
-    pub fn new(state: AppState) -> Self {
-        CatalogLoader { state }
+    pub fn new(state: AppState, identity: Identity) -> Self {
+        CatalogLoader { state, identity }
     }
 }
 
@@ -192,7 +211,7 @@ impl Loader<CategoryKey> for CatalogLoader {
         keys: &[CategoryKey],
     ) -> Result<HashMap<CategoryKey, Category>, Self::Error> {
         let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
-        let found = service::categories_by_ids(&self.state, &ids).await?;
+        let found = service::categories_by_ids(&self.state, &self.identity, &ids).await?;
         Ok(found.into_iter().map(|c| (CategoryKey(c.id), c)).collect())
     }
 }
@@ -203,7 +222,7 @@ impl Loader<PlansOf> for CatalogLoader {
 
     async fn load(&self, keys: &[PlansOf]) -> Result<HashMap<PlansOf, Vec<Plan>>, Self::Error> {
         let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
-        let found = service::plans_of_services(&self.state, &ids).await?;
+        let found = service::plans_of_services(&self.state, &self.identity, &ids).await?;
         Ok(found
             .into_iter()
             .map(|(id, plans)| (PlansOf(id), plans))

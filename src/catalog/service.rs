@@ -190,22 +190,43 @@ pub async fn service_by_slug(
     }
 }
 
-/// Plans per service, for the DataLoader; visibility is applied by the caller.
+/// Plans per service, for the DataLoader: customers see active plans only.
 pub async fn plans_of_services(
     state: &AppState,
+    identity: &Identity,
     service_ids: &[Uuid],
 ) -> AppResult<BTreeMap<Uuid, Vec<Plan>>> {
     let mut conn = state.pool.get().await?;
+    let admin = identity.is_admin();
     let mut by_service: BTreeMap<Uuid, Vec<Plan>> = BTreeMap::new();
     for plan in model::plans_of_services(&mut conn, service_ids).await? {
-        by_service.entry(plan.service_id).or_default().push(plan);
+        if plan.is_active || admin {
+            by_service.entry(plan.service_id).or_default().push(plan);
+        }
     }
     Ok(by_service)
 }
 
-pub async fn categories_by_ids(state: &AppState, ids: &[Uuid]) -> AppResult<Vec<Category>> {
+/// Categories by id, for the DataLoader: customers see active ones only.
+pub async fn categories_by_ids(
+    state: &AppState,
+    identity: &Identity,
+    ids: &[Uuid],
+) -> AppResult<Vec<Category>> {
     let mut conn = state.pool.get().await?;
-    Ok(model::categories_by_ids(&mut conn, ids).await?)
+    let mut found = model::categories_by_ids(&mut conn, ids).await?;
+    found.retain(|c| c.is_active || identity.is_admin());
+    Ok(found)
+}
+
+/// Operator fields (images, ports, environment templates, quotas) are for administrators:
+/// customers and anonymous callers see the public catalog only.
+pub fn operator_field<T>(identity: &Identity, value: T) -> AppResult<T> {
+    if identity.is_admin() {
+        Ok(value)
+    } else {
+        Err(AppError::Forbidden("administrators only".into()))
+    }
 }
 
 // ---- administrators' changes

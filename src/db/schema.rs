@@ -9,6 +9,7 @@ diesel::table! {
         target_id -> Nullable<Text>,
         metadata -> Jsonb,
         created_at -> Timestamptz,
+        actor_email -> Nullable<Text>,
     }
 }
 
@@ -169,7 +170,6 @@ diesel::table! {
     }
 }
 
-diesel::joinable!(audit_log -> users (actor_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(service_plans -> services (service_id));
 diesel::joinable!(services -> service_categories (category_id));

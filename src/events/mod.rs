@@ -67,6 +67,11 @@ impl EventBus {
         self.tx.subscribe()
     }
 
+    /// How many receivers are subscribed (live subscriptions plus internal listeners).
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     pub fn deliver(&self, event: Event) {
         // No subscribers is fine.
         let _ = self.tx.send(Arc::new(event));

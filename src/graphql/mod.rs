@@ -104,17 +104,17 @@ pub fn request_data(
 ) -> async_graphql::Data {
     let mut data = async_graphql::Data::default();
     data.insert(state.clone());
-    data.insert(identity);
-    data.insert(client);
     data.insert(DataLoader::new(
-        UserLoader::new(state.clone()),
+        UserLoader::new(state.clone(), identity.clone()),
         tokio::spawn,
     ));
     data.insert(CatalogDataLoader::with_cache(
-        CatalogLoader::new(state.clone()),
+        CatalogLoader::new(state.clone(), identity.clone()),
         tokio::spawn,
         HashMapCache::default(),
     ));
+    data.insert(identity);
+    data.insert(client);
     data
 }
 

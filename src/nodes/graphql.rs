@@ -7,7 +7,6 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::model::{NodeChanges, NodeFilter, NodeStatus, Report, WorkerNode};
 use super::service::{self, NodeInput};
-use crate::auth::identity;
 use crate::events::Event;
 use crate::graphql::{ContextExt, PodiumConnection, connection, parse_id};
 use crate::pagination::PageArgs;
@@ -508,21 +507,17 @@ impl NodesSubscription {
                         }
                         Err(RecvError::Closed) => return None,
                     };
-                    // Whoever was demoted, deactivated or signed out since subscribing hears no more.
-                    match identity::current(&state, actor.user_id, actor.session_id).await {
-                        Ok(Some(now)) if now.is_admin() => {}
-                        _ => return None,
-                    }
                     let Event::WorkerNodeStatusChanged {
                         node_id,
                         previous_status,
                         status,
                         at,
                     } = *event;
-                    let node = service::find_many(&state, &[node_id])
-                        .await
-                        .ok()
-                        .and_then(|mut v| v.pop());
+                    // Whoever was demoted, deactivated or signed out since subscribing hears no more.
+                    let node = match service::node_for_subscriber(&state, &actor, node_id).await {
+                        Ok(node) => node,
+                        Err(_) => return None,
+                    };
                     let change = WorkerNodeStatusChange {
                         node,
                         node_id: ID(node_id.to_string()),

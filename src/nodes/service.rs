@@ -12,7 +12,7 @@ use super::model::{
     self, NodeChanges, NodeFilter, NodeStatus, NodeTotals, StatusChange, WorkerNode,
 };
 use crate::audit;
-use crate::auth::{Actor, Identity, new_opaque_token, token_hash};
+use crate::auth::{Actor, Identity, identity, new_opaque_token, token_hash};
 use crate::catalog::service::Checks;
 use crate::db::Conn;
 use crate::error::{AppError, AppResult, conflict_if_duplicate};
@@ -129,9 +129,19 @@ pub async fn get(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<W
         .ok_or_else(|| AppError::not_found("worker node"))
 }
 
-pub async fn find_many(state: &AppState, ids: &[Uuid]) -> AppResult<Vec<WorkerNode>> {
+/// The node an event is about, for a subscriber judged by its current state: an error
+/// once the subscriber is no longer an active administrator with a live session.
+pub async fn node_for_subscriber(
+    state: &AppState,
+    subscriber: &Actor,
+    node_id: Uuid,
+) -> AppResult<Option<WorkerNode>> {
+    let now = identity::current(state, subscriber.user_id, subscriber.session_id)
+        .await?
+        .ok_or_else(AppError::unauthenticated)?;
+    Identity::User(now).admin()?;
     let mut conn = state.pool.get().await?;
-    Ok(model::find_many(&mut conn, ids).await?)
+    Ok(model::find_many(&mut conn, &[node_id]).await?.pop())
 }
 
 pub struct NodeStats {

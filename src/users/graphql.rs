@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::model::{Role, User, UserFilter, UserStats};
 use super::service::{self, AccountInput, UserUpdate};
+use crate::auth::Identity;
 use crate::error::AppError;
 use crate::graphql::{ContextExt, PodiumConnection, connection, parse_id};
 use crate::pagination::PageArgs;
@@ -223,11 +224,12 @@ impl UsersSubscription {
 /// Batches user lookups (e.g. the actors of an audit page) into one query.
 pub struct UserLoader {
     state: AppState,
+    identity: Identity,
 }
 
 impl UserLoader {
-    pub fn new(state: AppState) -> Self {
-        UserLoader { state }
+    pub fn new(state: AppState, identity: Identity) -> Self {
+        UserLoader { state, identity }
     }
 }
 
@@ -236,7 +238,7 @@ impl Loader<Uuid> for UserLoader {
     type Error = async_graphql::Error;
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, User>, Self::Error> {
-        let users = service::load_many(&self.state, keys).await?;
+        let users = service::load_many(&self.state, &self.identity, keys).await?;
         Ok(users.into_iter().map(|u| (u.id, u)).collect())
     }
 }

@@ -287,10 +287,23 @@ pub async fn bulk_update(
     .await
 }
 
-/// Loads users by id (for the DataLoader).
-pub async fn load_many(state: &AppState, ids: &[Uuid]) -> AppResult<Vec<User>> {
+/// Loads users by id (for the DataLoader): administrators see anyone, others only themselves.
+pub async fn load_many(
+    state: &AppState,
+    identity: &Identity,
+    ids: &[Uuid],
+) -> AppResult<Vec<User>> {
+    let actor = identity.actor()?;
+    let ids: Vec<Uuid> = if actor.is_admin() {
+        ids.to_vec()
+    } else {
+        ids.iter()
+            .copied()
+            .filter(|id| *id == actor.user_id)
+            .collect()
+    };
     let mut conn = state.pool.get().await?;
-    Ok(model::find_many(&mut conn, ids).await?)
+    Ok(model::find_many(&mut conn, &ids).await?)
 }
 
 /// Inserts the account unless its email exists (seeding); returns whether it was new.

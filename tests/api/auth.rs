@@ -130,7 +130,9 @@ async fn wrong_password_and_unknown_email_look_the_same() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     let app = spawn_app().await;
-    let (first, _) = app.register("rotator").await;
+    let (first, email) = app.register("rotator").await;
+    // A second session of the same user, which the reuse must leave alone.
+    let bystander = app.login(&email, PASSWORD).await;
 
     let r1 = app
         .gql(None, REFRESH, json!({ "t": first.refresh }))
@@ -156,9 +158,15 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
     assert_eq!(app.me(&newest_access).await.code(), "UNAUTHENTICATED");
     assert_eq!(app.me(&second_access).await.code(), "UNAUTHENTICATED");
 
-    // Other sessions of the same user are untouched.
-    let other = app.gql(None, REFRESH, json!({ "t": "pdr_unknown" })).await;
-    assert_eq!(other.code(), "UNAUTHENTICATED");
+    // The user's other session is untouched: its access token works and its refresh
+    // token still rotates.
+    app.me(&bystander.access).await.ok();
+    app.gql(None, REFRESH, json!({ "t": bystander.refresh }))
+        .await
+        .ok();
+    // An unknown token is refused.
+    let unknown = app.gql(None, REFRESH, json!({ "t": "pdr_unknown" })).await;
+    assert_eq!(unknown.code(), "UNAUTHENTICATED");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -330,8 +338,26 @@ async fn expired_tampered_and_unsigned_tokens_are_refused() {
     );
     assert_eq!(app.me(&none).await.code(), "UNAUTHENTICATED");
 
-    // Garbage, and a non-Bearer scheme.
+    // Garbage as a bearer token.
     assert_eq!(app.me("garbage").await.code(), "UNAUTHENTICATED");
+    // A valid token under another scheme is not accepted as a bearer token.
+    for scheme in ["Basic", "Token", "Bearer:"] {
+        let r = app
+            .client
+            .post(format!("{}/graphql", app.address))
+            .header("authorization", format!("{scheme} {}", s.access))
+            .json(&json!({ "query": "{ me { id } }" }))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+            "{scheme}: {body}"
+        );
+    }
+    // The same token as a bearer token works, so the refusals above are the scheme's.
+    app.me(&s.access).await.ok();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -75,11 +75,55 @@ async fn anonymous_users_see_the_seeded_catalog_with_plans() {
         .ok();
     assert_eq!(cats.data("serviceCategories").as_array().unwrap().len(), 5);
     let one = app
-        .gql(None, "query { service(slug: \"ghost\") { name dockerImage containerPort volumeMountPath plans { name } } }", json!({}))
+        .gql(
+            None,
+            "query { service(slug: \"ghost\") { name plans { name isAvailable remainingQuota } } }",
+            json!({}),
+        )
         .await
         .ok();
-    assert_eq!(one.str("service.dockerImage"), "ghost:5.96-alpine");
-    assert_eq!(one.data("service.containerPort"), &json!(2368));
+    assert_eq!(one.str("service.name"), "Ghost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_fields_are_for_administrators_only() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, _) = app.register("curious").await;
+    let query = "query { service(slug: \"ghost\") { name dockerImage containerPort envTemplate volumeMountPath plans { name usedQuota totalQuota } } }";
+    for token in [None, Some(user.access.as_str())] {
+        let r = app.gql(token, query, json!({})).await;
+        assert_eq!(r.0["data"]["service"]["name"], "Ghost", "{}", r.0);
+        for field in [
+            "dockerImage",
+            "containerPort",
+            "envTemplate",
+            "volumeMountPath",
+        ] {
+            assert!(
+                r.0["data"]["service"][field].is_null(),
+                "{field} leaked: {}",
+                r.0
+            );
+        }
+        assert!(
+            r.0["data"]["service"]["plans"][0]["usedQuota"].is_null(),
+            "{}",
+            r.0
+        );
+        let errors = r.0["errors"].as_array().unwrap();
+        assert!(
+            errors
+                .iter()
+                .all(|e| e["extensions"]["code"] == "FORBIDDEN"),
+            "{}",
+            r.0
+        );
+    }
+    let r = app.gql(Some(&admin.access), query, json!({})).await.ok();
+    assert_eq!(r.str("service.dockerImage"), "ghost:5.96-alpine");
+    assert_eq!(r.data("service.containerPort"), &json!(2368));
+    assert!(r.data("service.plans").as_array().unwrap()[0]["usedQuota"].is_number());
 }
 
 async fn service_id(app: &TestApp, token: &str, slug: &str) -> String {
@@ -390,5 +434,50 @@ async fn listing_services_costs_the_same_queries_for_10_or_100() {
     assert!(
         costs[1] <= 5,
         "a constant, small number of queries: {costs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reference_to_a_missing_category_is_bad_input_not_internal() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let r = app
+        .gql(
+            Some(&admin.access),
+            "mutation($c: ID!) { createService(input: {slug: \"orphan-app\", name: \"Orphan\", dockerImage: \"nginx:1.27\", containerPort: 80, categoryId: $c}) { id } }",
+            json!({ "c": uuid::Uuid::new_v4().to_string() }),
+        )
+        .await;
+    assert_eq!(r.code(), "BAD_USER_INPUT", "{}", r.0);
+    let found = app
+        .gql(
+            Some(&admin.access),
+            "{ services(search: \"orphan\") { totalCount } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(found.data("services.totalCount"), &json!(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_currency_is_refused() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let service = service_id(&app, &admin.access, "ghost").await;
+    let r = app
+        .gql(
+            Some(&admin.access),
+            "mutation($s: ID!) { createServicePlan(input: {serviceId: $s, name: \"Odd\", monthlyPrice: {amount: \"10\", currency: \"XYZ\"}, cpuMilli: 500, memoryMb: 512, storageGb: 1}) { id } }",
+            json!({ "s": service }),
+        )
+        .await;
+    assert_eq!(r.code(), "BAD_USER_INPUT", "{}", r.0);
+    assert!(
+        r.0["errors"][0]["extensions"]["fields"]
+            .to_string()
+            .contains("ISO 4217"),
+        "{}",
+        r.0
     );
 }

@@ -313,15 +313,23 @@ async fn node_administration_is_for_administrators_only_and_validated() {
     assert_eq!(pending["count"], json!(4));
 }
 
+/// Subscribes to node status changes and returns once the server's subscription is
+/// listening (the protocol has no per-subscription acknowledgement), so that no change
+/// made afterwards can be missed.
 async fn subscribe_status(app: &TestApp, token: &str) -> Ws {
     let mut ws = connect(app, "graphql-transport-ws").await;
     send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })).await;
     assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    let before = app.state.events.subscribers();
     send(
         &mut ws,
         json!({ "id": "s", "type": "subscribe", "payload": { "query":
             "subscription { workerNodeStatusChanged { nodeId previousStatus status at node { name } } }" } }),
     )
+    .await;
+    eventually("the subscription to listen", || async {
+        app.state.events.subscribers() > before
+    })
     .await;
     ws
 }
@@ -552,5 +560,52 @@ async fn a_demoted_administrator_stops_hearing_node_events() {
     assert_eq!(
         msg["type"], "complete",
         "the stream ends instead of delivering: {msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_within_one_flush_interval_become_one_write() {
+    use std::sync::atomic::Ordering;
+    let app = spawn_app_with(&[("PODIUM_HEARTBEAT_FLUSH_MS", "1000")]).await;
+    let admin = app.admin().await;
+    let (id, token) = register(&app, &admin.access, "coalesced").await;
+    heartbeat(&app, &token, json!({ "isReady": true }))
+        .await
+        .ok();
+    let beats = &app.state.heartbeats;
+    // Line up with the flusher: once a report has just been written, a new interval begins.
+    heartbeat(&app, &token, json!({ "currentPods": 1 }))
+        .await
+        .ok();
+    let before = beats.flushed.load(Ordering::Relaxed);
+    eventually("a flush", || async {
+        beats.flushed.load(Ordering::Relaxed) > before
+    })
+    .await;
+    let written = beats.flushed.load(Ordering::Relaxed);
+    let accepted = beats.accepted.load(Ordering::Relaxed);
+
+    let sends = (1..=20).map(|pods| heartbeat(&app, &token, json!({ "currentPods": pods })));
+    for r in futures_util::future::join_all(sends).await {
+        r.ok();
+    }
+    assert_eq!(beats.accepted.load(Ordering::Relaxed) - accepted, 20);
+    eventually("the next flush", || async {
+        beats.flushed.load(Ordering::Relaxed) > written
+    })
+    .await;
+    assert_eq!(
+        beats.flushed.load(Ordering::Relaxed) - written,
+        1,
+        "20 heartbeats of one node in one interval are one row written"
+    );
+    let r = app
+        .gql(Some(&admin.access), NODE, json!({ "id": id }))
+        .await
+        .ok();
+    let pods = r.data("workerNode.currentPods").as_i64().unwrap();
+    assert!(
+        (1..=20).contains(&pods),
+        "one of the reports was written: {pods}"
     );
 }

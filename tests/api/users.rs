@@ -1,6 +1,7 @@
 //! Administrators' user management, its authorization, the audit trail.
 
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::helpers::*;
 
@@ -347,15 +348,34 @@ async fn two_administrators_demoting_each_other_at_once_leave_one() {
     )
     .await
     .ok();
-    let (ra, rb) = tokio::join!(
-        app.gql(Some(&a.access), update, json!({ "id": b.user_id })),
-        app.gql(Some(&b.access), update, json!({ "id": a.user_id })),
-    );
+    // Two tasks released together by a barrier, each demoting the other.
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let demote = |token: String, target: String| {
+        let (client, address, barrier) = (app.client.clone(), app.address.clone(), barrier.clone());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            gql_at(
+                &client,
+                &address,
+                Some(&token),
+                update,
+                json!({ "id": target }),
+            )
+            .await
+        })
+    };
+    let ta = demote(a.access.clone(), b.user_id.clone());
+    let tb = demote(b.access.clone(), a.user_id.clone());
+    let (ra, rb) = (ta.await.unwrap(), tb.await.unwrap());
     let failures = [&ra, &rb]
         .iter()
         .filter(|r| r.0.get("errors").is_some())
         .count();
-    assert!(failures >= 1, "{} / {}", ra.0, rb.0);
+    assert_eq!(
+        failures, 1,
+        "exactly one demotion wins: {} / {}",
+        ra.0, rb.0
+    );
     let stats = app
         .gql(
             Some(&a.access),
@@ -456,4 +476,50 @@ async fn admin_mutations_are_audited() {
     let entry = &r.data("auditLog.edges")[0]["node"];
     assert_eq!(entry["targetId"], json!(u.user_id));
     assert_eq!(entry["metadata"]["name"], "Audited Name");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_rows_keep_their_actor_after_the_actor_is_deleted() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let email = format!("passing-admin-{}@example.com", Uuid::new_v4().simple());
+    let created = app
+        .gql(
+            Some(&admin.access),
+            "mutation($e: String!) { createUser(input: {name: \"Passing\", email: $e, password: \"Password123\", role: ADMINISTRATOR}) { id } }",
+            json!({ "e": email }),
+        )
+        .await
+        .ok();
+    let passing_id = created.str("createUser.id");
+    let passing = app.login(&email, PASSWORD).await;
+    app.gql(
+        Some(&passing.access),
+        "mutation { createServiceCategory(input: {slug: \"left-behind\", name: \"Left behind\"}) { id } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { deleteUser(id: $id) }",
+        json!({ "id": passing_id }),
+    )
+    .await
+    .ok();
+
+    let r = app
+        .gql(
+            Some(&admin.access),
+            "query($a: ID) { auditLog(actorId: $a) { totalCount edges { node { action actorId actorEmail actor { id } } } } }",
+            json!({ "a": passing_id }),
+        )
+        .await
+        .ok();
+    assert_eq!(r.data("auditLog.totalCount"), &json!(1));
+    let entry = &r.data("auditLog.edges")[0]["node"];
+    assert_eq!(entry["action"], "category.create");
+    assert_eq!(entry["actorId"], json!(passing_id));
+    assert_eq!(entry["actorEmail"], json!(email));
+    assert!(entry["actor"].is_null(), "the user is gone: {entry}");
 }
