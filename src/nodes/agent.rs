@@ -26,6 +26,8 @@ const HEARTBEAT: &str = "mutation Heartbeat($input: NodeHeartbeatInput) { nodeHe
 enum Failure {
     /// The server answered that this token is not welcome: retrying won't help.
     Refused(String),
+    /// Nothing answers GraphQL at that URL (HTTP 404/405): a wrong --server.
+    NotPodium(String),
     /// Network trouble or a server error: retry later.
     Transient(String),
 }
@@ -58,7 +60,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             super::TOKEN_PREFIX
         );
     }
-    let url = format!("{}/graphql", opts.server.trim_end_matches('/'));
+    let url = graphql_url(&opts.server);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .user_agent(concat!("podium-node-agent/", env!("CARGO_PKG_VERSION")))
@@ -88,6 +90,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             Err(Failure::Refused(why)) => {
                 bail!(
                     "the server refused this node's token ({why}): check --token, or rotate it with rotateWorkerNodeToken"
+                );
+            }
+            Err(Failure::NotPodium(why)) => {
+                bail!(
+                    "{why} at {url}: --server must be the Podium server's base URL (e.g. https://podium.example.com) or its /graphql URL"
                 );
             }
             Err(Failure::Transient(why)) => {
@@ -127,6 +134,9 @@ async fn send(
         .await
         .map_err(|e| Failure::Transient(e.to_string()))?;
     let status = response.status();
+    if matches!(status.as_u16(), 404 | 405) {
+        return Err(Failure::NotPodium(format!("HTTP {status}")));
+    }
     let body: Value = response
         .json()
         .await
@@ -209,6 +219,16 @@ fn os_image() -> Option<String> {
         .map(|v| v.trim_matches('"').to_string())
 }
 
+/// The GraphQL endpoint for `--server`, given as the base URL or as the `/graphql` URL.
+pub fn graphql_url(server: &str) -> String {
+    let base = server.trim().trim_end_matches('/');
+    if base.ends_with("/graphql") {
+        base.to_string()
+    } else {
+        format!("{base}/graphql")
+    }
+}
+
 /// Checks the flags before starting.
 pub fn options(
     server: String,
@@ -244,6 +264,22 @@ mod tests {
         assert_eq!(parse_interval("5").unwrap(), Duration::from_secs(5));
         assert!(parse_interval("0s").is_err());
         assert!(parse_interval("ten").is_err());
+    }
+
+    #[test]
+    fn the_server_is_a_base_url_or_the_graphql_url() {
+        for server in [
+            "https://podium.example.com",
+            "https://podium.example.com/",
+            "https://podium.example.com/graphql",
+            "https://podium.example.com/graphql/",
+        ] {
+            assert_eq!(graphql_url(server), "https://podium.example.com/graphql");
+        }
+        assert_eq!(
+            graphql_url("http://10.0.0.1:8080/podium"),
+            "http://10.0.0.1:8080/podium/graphql"
+        );
     }
 
     #[test]

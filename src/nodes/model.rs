@@ -353,8 +353,17 @@ pub async fn apply_reports(
     let os_image: Vec<Option<String>> = col(reports, |r| r.os_image.clone());
     let labels: Vec<Option<serde_json::Value>> = col(reports, |r| r.labels.clone());
     let taints: Vec<Option<serde_json::Value>> = col(reports, |r| r.taints.clone());
+    // The rows are locked first, in id order: overlapping flushes (from several replicas)
+    // then wait for each other instead of deadlocking, and the previous status is the one
+    // committed last, not the statement's snapshot, so no transition is lost or doubled.
     diesel::sql_query(
-        "WITH updated AS (UPDATE worker_nodes w SET
+        "WITH v AS (
+             SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 AS v(id, at, ready, cpu, memory, storage, pods, kubelet, runtime, kernel, os_image, labels, taints)),
+         old AS (
+             SELECT w.id, w.status FROM worker_nodes w JOIN v ON v.id = w.id
+             ORDER BY w.id FOR UPDATE OF w),
+         updated AS (UPDATE worker_nodes w SET
              last_heartbeat = GREATEST(v.at, w.last_heartbeat),
              last_health_check = now(),
              is_ready = COALESCE(v.ready, w.is_ready),
@@ -373,9 +382,7 @@ pub async fn apply_reports(
                  WHEN v.ready = FALSE AND w.status = 'ACTIVE' THEN 'NOT_READY'
                  ELSE w.status END,
              updated_at = now()
-         FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                  AS v(id, at, ready, cpu, memory, storage, pods, kubelet, runtime, kernel, os_image, labels, taints)
-         JOIN worker_nodes old ON old.id = v.id
+         FROM v JOIN old ON old.id = v.id
          WHERE w.id = v.id
          RETURNING w.id, old.status AS previous_status, w.status)
          SELECT * FROM updated WHERE previous_status <> status",

@@ -609,3 +609,120 @@ async fn heartbeats_within_one_flush_interval_become_one_write() {
         "one of the reports was written: {pods}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_heartbeats_on_two_replicas_publish_every_transition_once_in_order() {
+    use podium::events::Event;
+    let url = fresh_database(true).await;
+    let a = spawn_app_on(&url, &[("PODIUM_JOBS_ENABLED", "false")]).await;
+    let b = spawn_app_on(&url, &[("PODIUM_JOBS_ENABLED", "false")]).await;
+    let admin = a.admin().await;
+    let (id, token) = register(&a, &admin.access, "contended").await;
+    let node_id: uuid::Uuid = id.parse().unwrap();
+    let mut events = a.state.events.subscribe();
+
+    // Four clients flip readiness as fast as they can, through both replicas at once,
+    // while the staleness check runs too.
+    let mut tasks = Vec::new();
+    for client in 0..4 {
+        let app = if client % 2 == 0 { &a } else { &b };
+        let (http, address, token) = (app.client.clone(), app.address.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let ready = (i + client) % 2 == 0;
+                let r = gql_at(
+                    &http,
+                    &address,
+                    Some(&token),
+                    HEARTBEAT,
+                    json!({ "input": { "isReady": ready } }),
+                )
+                .await;
+                assert!(r.0.get("errors").is_none(), "{}", r.0);
+            }
+        }));
+    }
+    let stale = {
+        let state = b.state.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                podium::nodes::service::mark_stale_nodes(&state)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    stale.await.unwrap();
+    for app in [&a, &b] {
+        app.state.heartbeats.flush(&app.state.pool).await.unwrap();
+    }
+    let last = a
+        .gql(Some(&admin.access), NODE, json!({ "id": id }))
+        .await
+        .ok()
+        .str("workerNode.status");
+
+    // Every transition arrives once, in order: each starts where the previous one ended,
+    // and the last ends where the node is.
+    let mut chain: Vec<(String, String)> = Vec::new();
+    loop {
+        let settled = chain.last().is_some_and(|(_, to)| *to == last);
+        let wait = if settled { 500 } else { 10_000 };
+        match tokio::time::timeout(Duration::from_millis(wait), events.recv()).await {
+            Ok(Ok(event)) => {
+                let Event::WorkerNodeStatusChanged {
+                    node_id: n,
+                    previous_status,
+                    status,
+                    ..
+                } = &*event;
+                if *n == node_id {
+                    chain.push((
+                        previous_status.as_str().to_string(),
+                        status.as_str().to_string(),
+                    ));
+                }
+            }
+            Ok(Err(e)) => panic!("event bus: {e}"),
+            Err(_) if settled => break,
+            Err(_) => panic!("the transitions stopped short of {last}: {chain:?}"),
+        }
+    }
+    assert_eq!(chain[0].0, "PENDING", "{chain:?}");
+    for pair in chain.windows(2) {
+        assert_eq!(
+            pair[0].1, pair[1].0,
+            "a transition was lost or doubled: {chain:?}"
+        );
+    }
+    assert!(chain.len() > 2, "the test flipped the status: {chain:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_agent_takes_the_graphql_url_and_explains_a_wrong_one() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (_, token) = register(&app, &admin.access, "agent-urls").await;
+    let agent = |server: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_podium"))
+            .args(["node-agent", "--server", &server, "--once"])
+            .env("PODIUM_NODE_TOKEN", &token)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running the agent")
+    };
+    let ok = agent(format!("{}/graphql/", app.address));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    let wrong = agent(format!("{}/api/v1", app.address));
+    assert!(!wrong.status.success());
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        said.contains("404") && said.contains("--server must be"),
+        "the agent should explain the 404: {said}"
+    );
+}
