@@ -2,6 +2,7 @@
 //! real server on a free port, talked to over HTTP.
 
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -274,5 +275,18 @@ impl TestApp {
     pub async fn me(&self, token: &str) -> Gql {
         self.gql(Some(token), "{ me { id email role isActive } }", json!({}))
             .await
+    }
+}
+
+/// Polls `check` until it holds or the deadline passes.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -31,19 +31,6 @@ pub async fn heartbeat(app: &TestApp, token: &str, input: Value) -> Gql {
         .await
 }
 
-/// Polls `check` until it holds or the deadline passes.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_token_authenticates_heartbeats_and_a_user_jwt_does_not() {
     let app = spawn_app().await;
@@ -716,7 +703,11 @@ async fn the_node_agent_takes_the_graphql_url_and_explains_a_wrong_one() {
             .expect("running the agent")
     };
     let ok = agent(format!("{}/graphql/", app.address));
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     let wrong = agent(format!("{}/api/v1", app.address));
     assert!(!wrong.status.success());

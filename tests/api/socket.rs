@@ -143,14 +143,10 @@ async fn socket_of_a_deactivated_user_is_closed_and_its_subscription_ends() {
     let listeners = app.state.events.subscribers();
     send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { workerNodeStatusChanged { status } }" } })).await;
     // The subscription is running before access is lost.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while app.state.events.subscribers() == listeners {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the subscription never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the subscription to start", || async {
+        app.state.events.subscribers() > listeners
+    })
+    .await;
 
     app.gql(
         Some(&admin.access),
@@ -161,14 +157,10 @@ async fn socket_of_a_deactivated_user_is_closed_and_its_subscription_ends() {
     .ok();
     assert_eq!(closed_with(&mut ws).await, 4403);
     // Its subscription ended with the socket.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while app.state.events.subscribers() != listeners {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the subscription outlived its socket"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the subscription to end with its socket", || async {
+        app.state.events.subscribers() == listeners
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
