@@ -68,8 +68,8 @@ async fn run(
 ) -> anyhow::Result<BenchReport> {
     settings.database_url = Some(url.to_string());
     settings.listen = "127.0.0.1:0".parse()?;
-    settings.rate_limit_per_ip = u32::MAX;
-    settings.rate_limit_per_user = u32::MAX;
+    // The rate limits stay as configured (as shipped, by default): heartbeats of known
+    // nodes are counted per node, so one load generator on one address is not throttled.
     settings.jobs_enabled = false;
     let app = Application::build(settings).await?;
     let address = format!("http://127.0.0.1:{}/graphql", app.port());
