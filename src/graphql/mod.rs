@@ -1,6 +1,8 @@
 //! Schema assembly, request context helpers and the actix handlers.
 
 pub mod handlers;
+pub mod limits;
+pub mod over_http;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::dataloader::{DataLoader, HashMapCache};
@@ -50,6 +52,7 @@ pub type PodiumSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 pub struct SchemaLimits {
     pub max_depth: usize,
     pub max_complexity: usize,
+    pub max_aliases: usize,
     pub introspection: bool,
 }
 
@@ -58,6 +61,7 @@ impl From<&Settings> for SchemaLimits {
         SchemaLimits {
             max_depth: s.max_query_depth,
             max_complexity: s.max_query_complexity,
+            max_aliases: s.max_aliases,
             introspection: s.introspection,
         }
     }
@@ -69,8 +73,15 @@ pub fn build_schema(limits: SchemaLimits) -> PodiumSchema {
         MutationRoot::default(),
         SubscriptionRoot::default(),
     )
-    .limit_depth(limits.max_depth)
-    .limit_complexity(limits.max_complexity);
+    // Depth and cost are judged by this extension, not by `limit_depth` and
+    // `limit_complexity`: it lets the standard introspection query through and gives
+    // every refusal a code.
+    .extension(limits::QueryLimits {
+        max_depth: limits.max_depth,
+        max_complexity: limits.max_complexity,
+        max_aliases: limits.max_aliases,
+        introspection: limits.introspection,
+    });
     if limits.introspection {
         builder.finish()
     } else {
