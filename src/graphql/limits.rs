@@ -304,6 +304,22 @@ impl<'a> Walk<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graphql::{SchemaLimits, build_schema};
+
+    #[tokio::test]
+    async fn standard_introspection_query_passes_the_default_limits() {
+        let settings = crate::config::Settings::from_vars(Vec::new()).unwrap();
+        let schema = build_schema(SchemaLimits::from(&settings));
+        let query = include_str!("../../tests/fixtures/introspection-query.graphql");
+        let response = schema.execute(query).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        let Some(Value::Object(cost)) = response.extensions.get("cost") else {
+            panic!("no cost: {:?}", response.extensions);
+        };
+        let requested = cost.get("requested").unwrap().clone().into_json().unwrap();
+        assert!(requested.as_u64().unwrap() < settings.max_query_complexity as u64);
+        println!("the standard introspection query costs {requested}");
+    }
 
     fn shape(query: &str) -> Shape {
         Shape::of(&async_graphql::parser::parse_query(query).unwrap())

@@ -256,3 +256,15 @@ async fn over_http_rate_limit_comes_before_request_parsing() {
         .unwrap();
     assert_eq!(r.status(), 429);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_http_too_large_bodies_are_413_with_a_code() {
+    let app = spawn_app_with(&[("PODIUM_MAX_BODY_BYTES", "1024")]).await;
+    let query = format!("{{ __typename }} # {}", "x".repeat(2048));
+    let r = post(&app, Some(OFFICIAL), json!({ "query": query })).await;
+    assert_eq!(r.status(), 413);
+    let json: Value = r.json().await.unwrap();
+    assert_eq!(json["errors"][0]["extensions"]["code"], "PAYLOAD_TOO_LARGE");
+    let small = post(&app, Some(OFFICIAL), json!({ "query": "{ __typename }" })).await;
+    assert_eq!(small.status(), 200);
+}
