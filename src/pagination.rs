@@ -11,6 +11,24 @@ use crate::error::{AppError, AppResult};
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 pub const MAX_PAGE_SIZE: usize = 100;
 
+/// What a small list without pagination (a service's plans, the categories) is
+/// assumed to hold when costing a query.
+pub const SMALL_LIST_COST: usize = 5;
+
+/// Query cost of a paginated list: its page size (`first`, as the resolver will read
+/// it) times the cost of its selection, as GitHub and Shopify count.
+pub fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let size = first.map_or(DEFAULT_PAGE_SIZE, |n| {
+        n.clamp(1, MAX_PAGE_SIZE as i32) as usize
+    });
+    size.saturating_mul(child_complexity)
+}
+
+/// Query cost of a small list without pagination.
+pub fn small_list_cost(child_complexity: usize) -> usize {
+    SMALL_LIST_COST.saturating_mul(child_complexity)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     pub created_at: DateTime<Utc>,

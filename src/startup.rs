@@ -193,6 +193,13 @@ fn serve(listener: TcpListener, state: AppState, schema: PodiumSchema) -> anyhow
                             .guard(guard::Header("upgrade", "websocket"))
                             .to(graphql::socket::graphql_ws),
                     )
+                    .route(
+                        web::get()
+                            .guard(guard::fn_guard(|ctx| {
+                                ctx.head().uri.query().is_some_and(|q| !q.is_empty())
+                            }))
+                            .to(handlers::graphql),
+                    )
                     .route(web::get().to(handlers::graphiql)),
             )
     })

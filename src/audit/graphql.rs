@@ -57,6 +57,7 @@ pub struct AuditQuery;
 #[Object]
 impl AuditQuery {
     /// Administrators: the audit trail, newest first.
+    #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn audit_log(
         &self,
         ctx: &Context<'_>,

@@ -115,6 +115,7 @@ impl Service {
         Ok(category)
     }
     /// The plans on sale (administrators also see inactive ones), cheapest first.
+    #[graphql(complexity = "crate::pagination::small_list_cost(child_complexity)")]
     async fn plans(&self, ctx: &Context<'_>) -> Result<Vec<Plan>> {
         Ok(ctx
             .data_unchecked::<CatalogDataLoader>()
@@ -262,12 +263,14 @@ pub struct CatalogQuery;
 #[Object]
 impl CatalogQuery {
     /// Categories, in display order (administrators also see inactive ones).
+    #[graphql(complexity = "crate::pagination::small_list_cost(child_complexity)")]
     async fn service_categories(&self, ctx: &Context<'_>) -> Result<Vec<Category>> {
         Ok(service::categories(ctx.state(), ctx.identity()).await?)
     }
 
     /// Services for sale, newest first: active, public and with an active plan
     /// (administrators see all). `category` is a category slug.
+    #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn services(
         &self,
         ctx: &Context<'_>,

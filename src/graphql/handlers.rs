@@ -1,4 +1,6 @@
-//! actix handlers: `POST /graphql` and GraphiQL on `GET /graphql` (WebSockets: `socket.rs`).
+//! actix handlers: GraphQL over HTTP on `POST /graphql` and `GET /graphql?query=`
+//! (parsing and response shape in `over_http`), GraphiQL on a bare `GET /graphql`
+//! (WebSockets: `socket.rs`).
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -7,7 +9,7 @@ use async_graphql::http::GraphiQLSource;
 use serde_json::json;
 
 use super::caller::{self, client_info};
-use super::{PodiumSchema, request_data};
+use super::{PodiumSchema, over_http, request_data};
 use crate::auth::identity;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -16,7 +18,7 @@ pub async fn graphql(
     state: web::Data<AppState>,
     schema: web::Data<PodiumSchema>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
     let client = client_info(&req, &state.settings.trusted_proxies);
     let authorization = req
@@ -24,48 +26,28 @@ pub async fn graphql(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let credentials = identity::credentials(&state, authorization);
+    // Limits first (per address, or per known node), then the caller's current state.
     let identity = match caller::admit(&state, &credentials, &client).await {
         Ok(identity) => identity,
         Err(e) => return error_response(e),
     };
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error_response(AppError::BadUserInput {
-                message: format!("the body is not a GraphQL request: {e}"),
-                fields: Default::default(),
-            });
-        }
-    };
+    let (request, media) =
+        match over_http::read_request(&req, payload, state.settings.max_body_bytes).await {
+            Ok(parsed) => parsed,
+            Err(refusal) => return refusal,
+        };
     let mut request = request;
     request.data = request_data(&state, identity, client);
     let response = schema.execute(request).await;
 
-    let retry_after = response.errors.iter().find_map(|e| {
-        let ext = e.extensions.as_ref()?;
-        match (ext.get("code"), ext.get("retryAfter")) {
-            (Some(async_graphql::Value::String(code)), Some(async_graphql::Value::Number(n)))
-                if code == "RATE_LIMITED" =>
-            {
-                n.as_u64()
-            }
-            _ => None,
-        }
-    });
-    let mut builder = HttpResponse::Ok();
-    builder.insert_header((header::CACHE_CONTROL, "no-store"));
-    for (name, value) in response.http_headers.iter() {
-        if let Ok(value) = value.to_str() {
-            builder.insert_header((name.as_str(), value));
-        }
-    }
-    if let Some(secs) = retry_after {
-        builder.insert_header((header::RETRY_AFTER, secs.to_string()));
-    }
-    builder.json(&response)
+    over_http::respond(response, media)
 }
 
-pub async fn graphiql() -> HttpResponse {
+/// GraphiQL, only where introspection (its docs and autocomplete) is on.
+pub async fn graphiql(state: web::Data<AppState>) -> HttpResponse {
+    if !state.settings.introspection {
+        return HttpResponse::NotFound().finish();
+    }
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(

@@ -2,6 +2,8 @@
 
 pub mod caller;
 pub mod handlers;
+pub mod limits;
+pub mod over_http;
 pub mod socket;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
@@ -52,6 +54,7 @@ pub type PodiumSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 pub struct SchemaLimits {
     pub max_depth: usize,
     pub max_complexity: usize,
+    pub max_aliases: usize,
     pub introspection: bool,
 }
 
@@ -60,6 +63,7 @@ impl From<&Settings> for SchemaLimits {
         SchemaLimits {
             max_depth: s.max_query_depth,
             max_complexity: s.max_query_complexity,
+            max_aliases: s.max_aliases,
             introspection: s.introspection,
         }
     }
@@ -71,8 +75,15 @@ pub fn build_schema(limits: SchemaLimits) -> PodiumSchema {
         MutationRoot::default(),
         SubscriptionRoot::default(),
     )
-    .limit_depth(limits.max_depth)
-    .limit_complexity(limits.max_complexity);
+    // Depth and cost are judged by this extension, not by `limit_depth` and
+    // `limit_complexity`: it lets the standard introspection query through and gives
+    // every refusal a code.
+    .extension(limits::QueryLimits {
+        max_depth: limits.max_depth,
+        max_complexity: limits.max_complexity,
+        max_aliases: limits.max_aliases,
+        introspection: limits.introspection,
+    });
     if limits.introspection {
         builder.finish()
     } else {

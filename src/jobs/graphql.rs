@@ -50,6 +50,7 @@ pub struct JobsQuery;
 #[Object]
 impl JobsQuery {
     /// Administrators: recent jobs, newest first, with their errors.
+    #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn jobs(
         &self,
         ctx: &Context<'_>,

@@ -297,6 +297,7 @@ impl NodesQuery {
     /// Administrators: worker nodes, newest first. `online`: heard from within the
     /// staleness threshold. `search` matches name, hostname or IP.
     #[allow(clippy::too_many_arguments)]
+    #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn worker_nodes(
         &self,
         ctx: &Context<'_>,

@@ -111,6 +111,7 @@ impl UsersQuery {
     }
 
     /// Administrators: users, newest first. `search` matches name or email, case-insensitively.
+    #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn users(
         &self,
         ctx: &Context<'_>,

@@ -3,11 +3,13 @@
 mod auth;
 mod binary;
 mod catalog;
+mod cost;
 mod helpers;
 mod infra;
 mod jobs;
 mod limits;
 mod nodes;
+mod over_http;
 mod rest;
 mod schema;
 mod socket;
