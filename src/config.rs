@@ -61,6 +61,11 @@ pub struct Settings {
     pub jobs_enabled: bool,
     pub job_workers: usize,
     pub job_poll: Duration,
+    /// How long a claimed job is held without renewal; its worker renews every third of it.
+    pub job_lease: Duration,
+    /// Finished jobs older than this are pruned by the `jobs.prune` schedule.
+    pub job_retention: Duration,
+    pub job_prune_cron: String,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
 }
@@ -191,6 +196,12 @@ impl Settings {
             jobs_enabled: env.parse("PODIUM_JOBS_ENABLED", true)?,
             job_workers: env.positive("PODIUM_JOB_WORKERS", 2)?,
             job_poll: Duration::from_millis(env.positive("PODIUM_JOB_POLL_MS", 1000)?),
+            job_lease: Duration::from_secs(env.positive("PODIUM_JOB_LEASE_SECS", 30)?),
+            job_retention: Duration::from_secs(
+                env.positive::<u64>("PODIUM_JOB_RETENTION_DAYS", 7)?
+                    .saturating_mul(24 * 3600),
+            ),
+            job_prune_cron: env.cron("PODIUM_JOB_PRUNE_CRON", "0 23 * * * *")?,
             metrics_token: env.get("PODIUM_METRICS_TOKEN"),
         })
     }
