@@ -285,6 +285,28 @@ mod tests {
     }
 
     #[test]
+    fn job_leases_and_retention() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert_eq!(s.job_lease, Duration::from_secs(30));
+        assert_eq!(s.job_retention, Duration::from_secs(7 * 24 * 3600));
+        let s = Settings::from_vars(vars(&[
+            ("PODIUM_JOB_LEASE_SECS", "2"),
+            ("PODIUM_JOB_RETENTION_DAYS", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(s.job_lease, Duration::from_secs(2));
+        assert_eq!(s.job_retention, Duration::from_secs(24 * 3600));
+        for var in ["PODIUM_JOB_LEASE_SECS", "PODIUM_JOB_RETENTION_DAYS"] {
+            assert_eq!(
+                Settings::from_vars(vars(&[(var, "0")])).unwrap_err().var,
+                var
+            );
+        }
+        let err = Settings::from_vars(vars(&[("PODIUM_JOB_PRUNE_CRON", "hourly")])).unwrap_err();
+        assert_eq!(err.var, "PODIUM_JOB_PRUNE_CRON");
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         let err = Settings::from_vars(vars(&[("PODIUM_LISTEN", "nope")])).unwrap_err();
         assert_eq!(err.var, "PODIUM_LISTEN");
