@@ -66,6 +66,11 @@ pub struct Settings {
     pub jobs_enabled: bool,
     pub job_workers: usize,
     pub job_poll: Duration,
+    /// How long a claimed job is held without renewal; its worker renews every third of it.
+    pub job_lease: Duration,
+    /// Finished jobs older than this are pruned by the `jobs.prune` schedule.
+    pub job_retention: Duration,
+    pub job_prune_cron: String,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
 }
@@ -199,6 +204,12 @@ impl Settings {
             jobs_enabled: env.parse("PODIUM_JOBS_ENABLED", true)?,
             job_workers: env.positive("PODIUM_JOB_WORKERS", 2)?,
             job_poll: Duration::from_millis(env.positive("PODIUM_JOB_POLL_MS", 1000)?),
+            job_lease: Duration::from_secs(env.positive("PODIUM_JOB_LEASE_SECS", 30)?),
+            job_retention: Duration::from_secs(
+                env.positive::<u64>("PODIUM_JOB_RETENTION_DAYS", 7)?
+                    .saturating_mul(24 * 3600),
+            ),
+            job_prune_cron: env.cron("PODIUM_JOB_PRUNE_CRON", "0 23 * * * *")?,
             metrics_token: env.get("PODIUM_METRICS_TOKEN"),
         })
     }
@@ -311,6 +322,28 @@ mod tests {
         assert!(s.trusted_proxies[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
         let err = Settings::from_vars(vars(&[("PODIUM_TRUSTED_PROXIES", "10.0.0/8")])).unwrap_err();
         assert_eq!(err.var, "PODIUM_TRUSTED_PROXIES");
+    }
+
+    #[test]
+    fn job_leases_and_retention() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert_eq!(s.job_lease, Duration::from_secs(30));
+        assert_eq!(s.job_retention, Duration::from_secs(7 * 24 * 3600));
+        let s = Settings::from_vars(vars(&[
+            ("PODIUM_JOB_LEASE_SECS", "2"),
+            ("PODIUM_JOB_RETENTION_DAYS", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(s.job_lease, Duration::from_secs(2));
+        assert_eq!(s.job_retention, Duration::from_secs(24 * 3600));
+        for var in ["PODIUM_JOB_LEASE_SECS", "PODIUM_JOB_RETENTION_DAYS"] {
+            assert_eq!(
+                Settings::from_vars(vars(&[(var, "0")])).unwrap_err().var,
+                var
+            );
+        }
+        let err = Settings::from_vars(vars(&[("PODIUM_JOB_PRUNE_CRON", "hourly")])).unwrap_err();
+        assert_eq!(err.var, "PODIUM_JOB_PRUNE_CRON");
     }
 
     #[test]

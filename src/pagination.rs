@@ -69,13 +69,15 @@ macro_rules! newest_first_page {
     ($query:expr, $table:ident, $page:expr) => {{
         let mut query = $query;
         if let Some(after) = &$page.after {
-            query = query.filter(
-                $table::created_at
-                    .lt(after.created_at)
-                    .or($table::created_at
-                        .eq(after.created_at)
-                        .and($table::id.lt(after.id))),
-            );
+            // `created_at <= cursor` is what lets an index on (created_at, id) start at the
+            // cursor instead of scanning every newer row; the rest breaks the tie.
+            query = query
+                .filter($table::created_at.le(after.created_at))
+                .filter(
+                    $table::created_at
+                        .lt(after.created_at)
+                        .or($table::id.lt(after.id)),
+                );
         }
         query
             .order(($table::created_at.desc(), $table::id.desc()))

@@ -28,6 +28,7 @@ diesel::table! {
         locked_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        lease_expires_at -> Nullable<Timestamptz>,
     }
 }
 

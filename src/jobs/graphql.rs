@@ -42,6 +42,15 @@ impl Job {
     async fn finished_at(&self) -> Option<DateTime<Utc>> {
         self.finished_at
     }
+    /// The worker running the job, or the one that finished it.
+    async fn locked_by(&self) -> Option<&str> {
+        self.locked_by.as_deref()
+    }
+    /// While RUNNING: until when the worker holds the job unless it renews its lease; past it,
+    /// any worker puts the job back in the queue (an attempt lost to "lease expired").
+    async fn lease_expires_at(&self) -> Option<DateTime<Utc>> {
+        self.lease_expires_at
+    }
 }
 
 #[derive(Default)]
@@ -49,7 +58,8 @@ pub struct JobsQuery;
 
 #[Object]
 impl JobsQuery {
-    /// Administrators: recent jobs, newest first, with their errors.
+    /// Administrators: recent jobs, newest first, with their errors. `totalCount` is exact up
+    /// to 10,000 jobs and PostgreSQL's estimate beyond, so that it stays cheap on a big queue.
     #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn jobs(
         &self,

@@ -1,7 +1,9 @@
 //! The durable job queue in PostgreSQL and the cron scheduler that feeds it. Any number
 //! of replicas may run workers and schedulers: jobs are claimed with FOR UPDATE SKIP
-//! LOCKED, each cron tick is enqueued once (a unique key), and a tick missed during
-//! downtime runs once on the next start.
+//! LOCKED and held by a lease their worker renews; every worker requeues jobs whose lease
+//! expired (a killed process), and only the lease holder records an outcome. Each cron tick
+//! is enqueued once (a unique key), and a tick missed during downtime runs once on the next
+//! start. Finished jobs are pruned after `PODIUM_JOB_RETENTION_DAYS`.
 
 pub mod graphql;
 pub mod model;
@@ -12,3 +14,6 @@ pub mod service;
 /// Job kinds. A kind's handler lives in `runner::run`.
 pub const NODE_STALENESS: &str = "node.staleness";
 pub const TOKEN_CLEANUP: &str = "auth.token_cleanup";
+pub const JOBS_PRUNE: &str = "jobs.prune";
+/// Sleeps, optionally panics: for watching workers and leases (see `runner`).
+pub const DIAGNOSTIC_SLEEP: &str = "diagnostic.sleep";

@@ -1,11 +1,13 @@
 //! The `jobs` and `schedules` tables.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use diesel::deserialize::FromSqlRow;
 use diesel::expression::AsExpression;
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{Text, Timestamptz};
+use diesel::sql_types::{BigInt, Double, Integer, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
@@ -45,6 +47,7 @@ pub struct Job {
     pub locked_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
 impl Job {
@@ -74,73 +77,165 @@ pub async fn enqueue(
     Ok(n == 1)
 }
 
-/// Claims the next due job for `worker`, or none.
-pub async fn claim(conn: &mut Conn, worker: &str) -> QueryResult<Option<Job>> {
+/// Claims the next due job for `worker`, holding it for `lease` (renewed with [`renew`]).
+pub async fn claim(conn: &mut Conn, worker: &str, lease: Duration) -> QueryResult<Option<Job>> {
     diesel::sql_query(
-        "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, locked_by = $1, locked_at = now()
+        "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, locked_by = $1, locked_at = now(),
+                lease_expires_at = now() + make_interval(secs => $2)
          WHERE id = (SELECT id FROM jobs WHERE status = 'QUEUED' AND run_at <= now()
                      ORDER BY run_at LIMIT 1 FOR UPDATE SKIP LOCKED)
          RETURNING *",
     )
     .bind::<Text, _>(worker)
+    .bind::<Double, _>(lease.as_secs_f64())
     .get_result(conn)
     .await
     .optional()
 }
 
-pub async fn succeed(conn: &mut Conn, id: Uuid) -> QueryResult<()> {
-    diesel::update(jobs::table.find(id))
+/// Extends `worker`'s lease on a running job; false when it no longer holds it.
+pub async fn renew(conn: &mut Conn, id: Uuid, worker: &str, lease: Duration) -> QueryResult<bool> {
+    let n = diesel::sql_query(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+         WHERE id = $1 AND locked_by = $2 AND status = 'RUNNING'",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<Text, _>(worker)
+    .bind::<Double, _>(lease.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// The lease holder's running job, and only that: whoever lost the lease touches nothing.
+macro_rules! held_by {
+    ($id:expr, $worker:expr) => {
+        jobs::table
+            .filter(jobs::id.eq($id))
+            .filter(jobs::locked_by.eq($worker))
+            .filter(jobs::status.eq(JobStatus::Running))
+    };
+}
+
+/// Marks `worker`'s job done; false (and nothing written) when it no longer holds the lease.
+pub async fn succeed(conn: &mut Conn, id: Uuid, worker: &str) -> QueryResult<bool> {
+    let n = diesel::update(held_by!(id, worker))
         .set((
             jobs::status.eq(JobStatus::Succeeded),
             jobs::finished_at.eq(diesel::dsl::now),
-            jobs::locked_by.eq(None::<String>),
+            jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
         ))
         .execute(conn)
-        .await
-        .map(drop)
+        .await?;
+    Ok(n == 1)
 }
 
-/// Records a failure: retried at `retry_at`, or FAILED for good when attempts are spent.
+/// Records a failure of `worker`'s attempt: retried at `retry_at`, or FAILED for good when
+/// attempts are spent. False (and nothing written) when it no longer holds the lease.
 pub async fn fail(
     conn: &mut Conn,
     job: &Job,
+    worker: &str,
     error: &str,
     retry_at: Option<DateTime<Utc>>,
-) -> QueryResult<()> {
+) -> QueryResult<bool> {
     let error: String = error.chars().take(2000).collect();
-    match retry_at {
-        Some(at) if job.attempts < job.max_attempts => diesel::update(jobs::table.find(job.id))
-            .set((
-                jobs::status.eq(JobStatus::Queued),
-                jobs::run_at.eq(at),
-                jobs::last_error.eq(error),
-                jobs::locked_by.eq(None::<String>),
-            ))
-            .execute(conn)
-            .await
-            .map(drop),
-        _ => diesel::update(jobs::table.find(job.id))
-            .set((
-                jobs::status.eq(JobStatus::Failed),
-                jobs::finished_at.eq(diesel::dsl::now),
-                jobs::last_error.eq(error),
-                jobs::locked_by.eq(None::<String>),
-            ))
-            .execute(conn)
-            .await
-            .map(drop),
+    let n = match retry_at {
+        Some(at) if job.attempts < job.max_attempts => {
+            diesel::update(held_by!(job.id, worker))
+                .set((
+                    jobs::status.eq(JobStatus::Queued),
+                    jobs::run_at.eq(at),
+                    jobs::last_error.eq(error),
+                    jobs::locked_by.eq(None::<String>),
+                    jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
+                ))
+                .execute(conn)
+                .await?
+        }
+        _ => {
+            diesel::update(held_by!(job.id, worker))
+                .set((
+                    jobs::status.eq(JobStatus::Failed),
+                    jobs::finished_at.eq(diesel::dsl::now),
+                    jobs::last_error.eq(error),
+                    jobs::lease_expires_at.eq(None::<DateTime<Utc>>),
+                ))
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(n == 1)
+}
+
+#[derive(QueryableByName, Debug)]
+pub struct Expired {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Text)]
+    pub status: JobStatus,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+}
+
+/// Jobs whose lease ran out (their worker died or hangs) go back to the queue, or fail for
+/// good when that was their last attempt: the lost attempt counts.
+pub async fn requeue_expired(conn: &mut Conn) -> QueryResult<Vec<Expired>> {
+    diesel::sql_query(
+        "UPDATE jobs SET
+             status = CASE WHEN attempts >= max_attempts THEN 'FAILED' ELSE 'QUEUED' END,
+             finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+             run_at = now(),
+             last_error = 'lease expired: worker ' || coalesce(locked_by, '?')
+                          || ' stopped renewing it (killed or stuck)',
+             locked_by = CASE WHEN attempts >= max_attempts THEN locked_by END,
+             lease_expires_at = NULL
+         WHERE id IN (SELECT id FROM jobs WHERE status = 'RUNNING' AND lease_expires_at < now()
+                      ORDER BY lease_expires_at LIMIT 100 FOR UPDATE SKIP LOCKED)
+         RETURNING id, kind, status, attempts",
+    )
+    .load(conn)
+    .await
+}
+
+/// Deletes jobs that finished (succeeded or failed for good) before `before`, `batch` rows
+/// per statement so that no statement holds many locks for long. Returns how many went.
+pub async fn prune_finished(
+    conn: &mut Conn,
+    before: DateTime<Utc>,
+    batch: i64,
+) -> QueryResult<usize> {
+    let mut total = 0;
+    loop {
+        let n = diesel::sql_query(
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs WHERE status IN ('SUCCEEDED', 'FAILED') AND finished_at < $1
+                 LIMIT $2)",
+        )
+        .bind::<Timestamptz, _>(before)
+        .bind::<BigInt, _>(batch)
+        .execute(conn)
+        .await?;
+        total += n;
+        if (n as i64) < batch {
+            return Ok(total);
+        }
     }
 }
 
-/// Jobs left RUNNING by a process that died go back to the queue.
-pub async fn requeue_abandoned(conn: &mut Conn, older_than_secs: i64) -> QueryResult<usize> {
+/// `diagnostic.sleep`'s visible trace: one more run got to its end.
+pub async fn count_completion(conn: &mut Conn, id: Uuid) -> QueryResult<()> {
     diesel::sql_query(
-        "UPDATE jobs SET status = 'QUEUED', locked_by = NULL, last_error = 'abandoned by its worker'
-         WHERE status = 'RUNNING' AND locked_at < now() - make_interval(secs => $1)",
+        "UPDATE jobs SET payload = jsonb_set(payload, '{completions}',
+             to_jsonb(coalesce((payload->>'completions')::int, 0) + 1))
+         WHERE id = $1",
     )
-    .bind::<diesel::sql_types::BigInt, _>(older_than_secs)
+    .bind::<diesel::sql_types::Uuid, _>(id)
     .execute(conn)
     .await
+    .map(drop)
 }
 
 #[derive(Debug, Default, Clone)]
@@ -160,15 +255,92 @@ fn filtered(filter: &JobFilter) -> jobs::BoxedQuery<'static, Pg> {
     query
 }
 
-pub async fn list(conn: &mut Conn, filter: &JobFilter, page: &PageArgs) -> QueryResult<Vec<Job>> {
+/// One page, newest first: served from the index matching the filter (`jobs_created_at_idx`,
+/// `jobs_status_created_at_idx`, `jobs_kind_created_at_idx` or `jobs_kind_status_created_at_idx`),
+/// starting at the cursor, so a page costs the same on page one and page ten thousand.
+pub fn list_query(filter: &JobFilter, page: &PageArgs) -> jobs::BoxedQuery<'static, Pg> {
     crate::newest_first_page!(filtered(filter), jobs, page)
+}
+
+pub async fn list(conn: &mut Conn, filter: &JobFilter, page: &PageArgs) -> QueryResult<Vec<Job>> {
+    list_query(filter, page)
         .select(Job::as_select())
         .load(conn)
         .await
 }
 
+/// Up to this many jobs are counted exactly; beyond, `count` gives the planner's estimate.
+pub const EXACT_COUNT_LIMIT: i64 = 10_000;
+
+#[derive(QueryableByName)]
+struct Counted {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Plan {
+    #[diesel(sql_type = diesel::sql_types::Json, column_name = "QUERY PLAN")]
+    plan: serde_json::Value,
+}
+
+/// The filter's SQL condition (` WHERE ...` or nothing) with its parameters.
+fn conditions(filter: &JobFilter) -> (String, Vec<String>) {
+    let mut terms = Vec::new();
+    let mut binds = Vec::new();
+    if let Some(status) = filter.status {
+        binds.push(status.as_str().to_string());
+        terms.push(format!("status = ${}", binds.len()));
+    }
+    if let Some(kind) = &filter.kind {
+        binds.push(kind.clone());
+        terms.push(format!("kind = ${}", binds.len()));
+    }
+    let sql = if terms.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", terms.join(" AND "))
+    };
+    (sql, binds)
+}
+
+fn bound(
+    sql: String,
+    binds: &[String],
+) -> diesel::query_builder::BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
+    binds
+        .iter()
+        .fold(diesel::sql_query(sql).into_boxed(), |q, b| {
+            q.bind::<Text, _>(b.clone())
+        })
+}
+
+/// The number of jobs matching `filter`, cheap at any table size: exact up to
+/// [`EXACT_COUNT_LIMIT`] (an index scan that stops there), the planner's estimate beyond.
 pub async fn count(conn: &mut Conn, filter: &JobFilter) -> QueryResult<i64> {
-    filtered(filter).count().get_result(conn).await
+    let (condition, binds) = conditions(filter);
+    let exact = bound(
+        format!(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM jobs{condition} LIMIT {}) capped",
+            EXACT_COUNT_LIMIT + 1
+        ),
+        &binds,
+    )
+    .get_result::<Counted>(conn)
+    .await?
+    .n;
+    if exact <= EXACT_COUNT_LIMIT {
+        return Ok(exact);
+    }
+    let plan = bound(
+        format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM jobs{condition}"),
+        &binds,
+    )
+    .get_result::<Plan>(conn)
+    .await?
+    .plan;
+    let estimate = plan[0]["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64;
+    Ok(estimate.max(exact))
 }
 
 /// Registers a schedule, keeping its next run unless the expression changed.

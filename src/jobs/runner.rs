@@ -1,15 +1,24 @@
-//! Job workers: claim a due job, run its handler, record the outcome; retry with
-//! exponential backoff until the job's attempts are spent.
+//! Job workers: sweep expired leases, claim a due job, run its handler while renewing the
+//! job's lease, record the outcome (only while still holding the lease); retry with
+//! exponential backoff until the job's attempts are spent. A panicking handler fails its job,
+//! not the worker.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use chrono::Utc;
 use diesel_async::RunQueryDsl;
-use tokio::sync::watch;
+use futures_util::FutureExt;
+use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
 
 use super::model::{self, Job};
-use super::{NODE_STALENESS, TOKEN_CLEANUP};
+use super::{DIAGNOSTIC_SLEEP, JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP};
 use crate::state::AppState;
+
+/// Finished jobs are deleted this many per statement.
+const PRUNE_BATCH: i64 = 1000;
 
 /// Runs one job's handler.
 async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
@@ -29,8 +38,32 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
             tracing::info!(sessions = n, "expired sessions removed");
             Ok(())
         }
+        JOBS_PRUNE => {
+            let before = Utc::now() - chrono::Duration::from_std(state.settings.job_retention)?;
+            let mut conn = state.pool.get().await?;
+            let n = model::prune_finished(&mut conn, before, PRUNE_BATCH).await?;
+            tracing::info!(jobs = n, "finished jobs pruned");
+            Ok(())
+        }
+        DIAGNOSTIC_SLEEP => diagnostic_sleep(state, job).await,
         other => anyhow::bail!("no handler for job kind {other:?}"),
     }
+}
+
+/// `diagnostic.sleep`, payload `{"ms": N, "panic": "message"}` (both optional): sleeps N
+/// milliseconds (at most ten minutes) while holding its lease, then panics with the message if
+/// one is given, else counts the run in `payload.completions`. Harmless, so always available:
+/// it lets an operator watch workers, leases and crash handling at work (and tests kill a
+/// server in the middle of it).
+async fn diagnostic_sleep(state: &AppState, job: &Job) -> anyhow::Result<()> {
+    let ms = job.payload["ms"].as_u64().unwrap_or(0).min(600_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    if let Some(message) = job.payload["panic"].as_str() {
+        panic!("{message}");
+    }
+    let mut conn = state.pool.get().await?;
+    model::count_completion(&mut conn, job.id).await?;
+    Ok(())
 }
 
 /// 2^attempts seconds (capped at an hour) before the next try.
@@ -38,27 +71,92 @@ fn backoff(attempts: i32) -> chrono::Duration {
     chrono::Duration::seconds(2i64.saturating_pow(attempts.clamp(0, 12) as u32).min(3600))
 }
 
-/// Claims and runs one job; returns whether there was one.
+/// How holding a job ended.
+enum Held {
+    /// The handler returned (`Err`: it panicked, with the panic's payload).
+    Finished(std::thread::Result<anyhow::Result<()>>),
+    /// Another worker took the job after this one's lease expired: the handler was stopped.
+    Lost,
+}
+
+/// Runs the handler, renewing the lease every third of its length from a task of its own (so
+/// that a busy handler can't starve it); stops the handler if the lease is lost.
+async fn hold(state: &AppState, worker: &str, job: &Job) -> Held {
+    let lease = state.settings.job_lease;
+    let (lost_tx, lost_rx) = oneshot::channel::<()>();
+    let renewer = {
+        let (state, worker, id) = (state.clone(), worker.to_string(), job.id);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let renewed = match state.pool.get().await {
+                    Ok(mut conn) => model::renew(&mut conn, id, &worker, lease)
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e.into()),
+                };
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = lost_tx.send(());
+                        return;
+                    }
+                    // The lease may still be renewed before it runs out.
+                    Err(e) => tracing::warn!(error = %e, "renewing a job lease failed"),
+                }
+            }
+        })
+    };
+    let work = AssertUnwindSafe(run(state, job)).catch_unwind();
+    let held = tokio::select! {
+        done = work => Held::Finished(done),
+        _ = lost_rx => Held::Lost,
+    };
+    renewer.abort();
+    held
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Requeues jobs whose lease expired, then claims and runs one job; returns whether there
+/// was one.
 pub async fn run_one(state: &AppState, worker: &str) -> anyhow::Result<bool> {
     let mut conn = state.pool.get().await?;
-    let Some(job) = model::claim(&mut conn, worker).await? else {
+    for job in model::requeue_expired(&mut conn).await? {
+        tracing::warn!(id = %job.id, kind = %job.kind, attempt = job.attempts,
+            now = job.status.as_str(), "job lease expired: its worker stopped renewing it");
+    }
+    let Some(job) = model::claim(&mut conn, worker, state.settings.job_lease).await? else {
         return Ok(false);
     };
     drop(conn);
     let span = tracing::info_span!("job", id = %job.id, kind = %job.kind, attempt = job.attempts);
-    let outcome = {
-        let _enter = span.enter();
-        tracing::debug!("running");
-        run(state, &job).await
+    let outcome = match hold(state, worker, &job).instrument(span.clone()).await {
+        Held::Lost => {
+            tracing::warn!(parent: &span, "lost the lease while running: stopped, nothing recorded");
+            return Ok(true);
+        }
+        Held::Finished(Ok(Ok(()))) => Ok(()),
+        Held::Finished(Ok(Err(e))) => Err(format!("{e:#}")),
+        Held::Finished(Err(panic)) => Err(format!("panicked: {}", panic_message(&*panic))),
     };
     let mut conn = state.pool.get().await?;
-    match outcome {
-        Ok(()) => model::succeed(&mut conn, job.id).await?,
-        Err(e) => {
-            tracing::warn!(id = %job.id, kind = %job.kind, attempt = job.attempts, error = %e, "job failed");
+    let recorded = match outcome {
+        Ok(()) => model::succeed(&mut conn, job.id, worker).await?,
+        Err(error) => {
+            tracing::warn!(parent: &span, %error, "job failed");
             let retry_at = Utc::now() + backoff(job.attempts);
-            model::fail(&mut conn, &job, &format!("{e:#}"), Some(retry_at)).await?;
+            model::fail(&mut conn, &job, worker, &error, Some(retry_at)).await?
         }
+    };
+    if !recorded {
+        tracing::warn!(parent: &span, "lost the lease before recording the outcome: discarded");
     }
     Ok(true)
 }
@@ -70,11 +168,19 @@ pub fn spawn_workers(
     poll: Duration,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    // The random part keeps a restarted process (same host name and pid, as in a container)
+    // from passing for its predecessor.
+    let process_id = format!(
+        "{}-{}-{}",
+        hostname(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
     (0..count)
         .map(|i| {
             let state = state.clone();
             let mut shutdown = shutdown.clone();
-            let worker = format!("{}-{}-{i}", hostname(), std::process::id());
+            let worker = format!("{}-{i}", process_id);
             tokio::spawn(async move {
                 loop {
                     if *shutdown.borrow() {

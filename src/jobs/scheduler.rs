@@ -9,7 +9,7 @@ use diesel_async::AsyncConnection;
 use tokio::sync::watch;
 
 use super::model;
-use super::{NODE_STALENESS, TOKEN_CLEANUP};
+use super::{JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP};
 use crate::state::AppState;
 
 pub struct Schedule {
@@ -26,6 +26,10 @@ pub fn schedules(state: &AppState) -> Vec<Schedule> {
         Schedule {
             name: TOKEN_CLEANUP,
             cron: state.settings.token_cleanup_cron.clone(),
+        },
+        Schedule {
+            name: JOBS_PRUNE,
+            cron: state.settings.job_prune_cron.clone(),
         },
     ]
 }
@@ -91,7 +95,6 @@ pub fn spawn(state: AppState, mut shutdown: watch::Receiver<bool>) -> tokio::tas
                 )
                 .await?;
             }
-            model::requeue_abandoned(&mut conn, 600).await?;
             Ok::<_, anyhow::Error>(())
         }
         .await;

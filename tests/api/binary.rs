@@ -1,11 +1,15 @@
 //! The `podium` binary as operators run it: the embedded default with nothing set (its own
-//! PostgreSQL, demo data once, data kept across restarts), and against an external database.
+//! PostgreSQL, demo data once, data kept across restarts), against an external database, and
+//! killed with SIGKILL in the middle of a job.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use podium::jobs::{DIAGNOSTIC_SLEEP, model};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -323,4 +327,146 @@ async fn a_bad_setting_is_named_at_start() {
             .unwrap()
             .contains("PODIUM_LISTEN")
     );
+}
+
+async fn job_row(conn: &mut diesel_async::AsyncPgConnection, id: uuid::Uuid) -> model::Job {
+    use podium::db::schema::jobs;
+    jobs::table
+        .find(id)
+        .select(model::Job::as_select())
+        .first(conn)
+        .await
+        .unwrap()
+}
+
+/// Polls the job until `done` holds for it, failing after `secs` with the server's log.
+async fn wait_for_job(
+    conn: &mut diesel_async::AsyncPgConnection,
+    id: uuid::Uuid,
+    secs: u64,
+    log: &Path,
+    done: impl Fn(&model::Job) -> bool,
+) -> model::Job {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let job = job_row(conn, id).await;
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job:?} after {secs} s; log: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_server_is_killed_is_finished_by_another_instance_exactly_once() {
+    use diesel_async::AsyncConnection;
+    let url = fresh_database(true).await;
+    let mut conn = diesel_async::AsyncPgConnection::establish(&url)
+        .await
+        .unwrap();
+    let dir = TempDir::new(0o755);
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data_dir = dir.0.join("unused-data");
+    let lease = [
+        ("PODIUM_JOB_LEASE_SECS", "2"),
+        ("PODIUM_JOB_POLL_MS", "100"),
+        ("PODIUM_JOB_WORKERS", "1"),
+    ];
+    let mut env = vec![
+        ("DATABASE_URL", url.as_str()),
+        ("PODIUM_JWT_SECRET", JWT_SECRET),
+        ("PODIUM_LISTEN", listen.as_str()),
+        ("PODIUM_DATA_DIR", data_dir.to_str().unwrap()),
+    ];
+    env.extend(lease);
+    let log = dir.0.join("a.log");
+    let mut a = podium_with(&[], &env, &log);
+    wait_ready(&client, port, &mut a, &log).await;
+
+    // Four seconds of work, twice the lease: A must renew it to keep the job.
+    model::enqueue(
+        &mut conn,
+        DIAGNOSTIC_SLEEP,
+        json!({ "ms": 4000 }),
+        chrono::Utc::now(),
+        Some("killed-mid-job"),
+    )
+    .await
+    .unwrap();
+    let id: uuid::Uuid = podium::db::schema::jobs::table
+        .filter(podium::db::schema::jobs::unique_key.eq("killed-mid-job"))
+        .select(podium::db::schema::jobs::id)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    let a_marker = format!("-{}-", a.id());
+    let claimed = wait_for_job(&mut conn, id, 30, &log, |j| {
+        j.status == model::JobStatus::Running
+            && j.locked_by
+                .as_deref()
+                .is_some_and(|w| w.contains(&a_marker))
+    })
+    .await;
+    let a_worker = claimed.locked_by.clone().unwrap();
+    let first_lease = claimed.lease_expires_at.unwrap();
+    wait_for_job(&mut conn, id, 10, &log, |j| {
+        j.lease_expires_at.is_some_and(|l| l > first_lease)
+    })
+    .await;
+
+    unsafe { libc::kill(a.id() as i32, libc::SIGKILL) };
+    a.wait().unwrap();
+    let orphan = job_row(&mut conn, id).await;
+    assert_eq!(
+        orphan.status,
+        model::JobStatus::Running,
+        "A died holding it"
+    );
+    assert_eq!(
+        orphan.payload.get("completions"),
+        None,
+        "A never finished it"
+    );
+
+    // Instance B (in-process, same database) takes the job over once A's lease runs out.
+    let b = spawn_app_on(&url, &lease).await;
+    let done = wait_for_job(&mut conn, id, 30, &log, |j| {
+        j.status != model::JobStatus::Running && j.status != model::JobStatus::Queued
+    })
+    .await;
+    assert_eq!(done.status, model::JobStatus::Succeeded, "{done:?}");
+    assert_eq!(done.attempts, 2, "A's lost attempt and B's: {done:?}");
+    assert_eq!(
+        done.payload["completions"], 1,
+        "ran to its end exactly once"
+    );
+    let b_worker = done.locked_by.clone().unwrap();
+    assert!(
+        b_worker.contains(&format!("-{}-", std::process::id())),
+        "B finished it: {b_worker}"
+    );
+    let error = done.last_error.clone().unwrap();
+    assert!(
+        error.contains("lease expired") && error.contains(&a_worker),
+        "{error}"
+    );
+    assert!(
+        !model::succeed(&mut conn, id, &a_worker).await.unwrap()
+            && !model::fail(&mut conn, &claimed, &a_worker, "late", None)
+                .await
+                .unwrap(),
+        "A's lease no longer lets anything complete it"
+    );
+    assert_eq!(
+        job_row(&mut conn, id).await.status,
+        model::JobStatus::Succeeded
+    );
+    drop(b);
 }
