@@ -40,6 +40,28 @@ fn free_port() -> u16 {
 
 /// Runs `podium ARGS` with only the given Podium variables set, output to `log`.
 fn podium_with(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
+    podium_command(args, env, log)
+        .spawn()
+        .expect("starting podium")
+}
+
+/// Runs `podium ARGS` to its end with `input` on standard input.
+fn podium_input(args: &[&str], env: &[(&str, &str)], log: &Path, input: &str) -> bool {
+    use std::io::Write;
+    let mut child = podium_command(args, env, log)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("starting podium");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait().unwrap().success()
+}
+
+fn podium_command(args: &[&str], env: &[(&str, &str)], log: &Path) -> Command {
     let log = std::fs::File::create(log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_podium"));
     for (key, _) in std::env::vars() {
@@ -53,9 +75,8 @@ fn podium_with(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting podium")
+        .stderr(log);
+    cmd
 }
 
 /// The embedded default: nothing set but where to keep data and listen.
@@ -185,6 +206,10 @@ async fn embedded_default_runs_with_nothing_set_and_keeps_data() {
         first_output.contains("admin@paas.com"),
         "first start prints the demo logins"
     );
+    assert!(
+        first_output.contains("pdn_"),
+        "and the demo nodes' tokens: {first_output}"
+    );
 
     let second_log = dir.0.join("second.log");
     let mut child = podium(&data, port, &second_log);
@@ -230,7 +255,7 @@ async fn an_unreachable_data_directory_is_explained() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_an_external_database_serve_seeds_nothing_and_seed_is_idempotent() {
+async fn external_database_has_no_published_password_until_admin_create_or_seed_demo() {
     let url = fresh_database(false).await;
     let dir = TempDir::new(0o755);
     let client = reqwest::Client::new();
@@ -243,33 +268,45 @@ async fn with_an_external_database_serve_seeds_nothing_and_seed_is_idempotent() 
         ("PODIUM_LISTEN", listen.as_str()),
         ("PODIUM_DATA_DIR", data_dir.to_str().unwrap()),
     ];
+    let read = |log: &Path| std::fs::read_to_string(log).unwrap();
+    let demo_admin_login = async || {
+        gql(
+            &client,
+            port,
+            None,
+            LOGIN,
+            json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+        )
+        .await
+    };
 
     let log = dir.0.join("serve.log");
     let mut child = podium_with(&[], &env, &log);
     wait_ready(&client, port, &mut child, &log).await;
-    let r = gql(
-        &client,
-        port,
-        None,
-        LOGIN,
-        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
-    )
-    .await;
     assert_eq!(
-        r.code(),
+        demo_admin_login().await.code(),
         "UNAUTHENTICATED",
         "no demo accounts against an external database"
     );
     stop(&mut child, libc::SIGTERM);
     assert!(!data_dir.exists(), "no embedded cluster either");
 
+    // `podium migrate && podium seed` (twice: idempotent) loads the catalog, no accounts.
+    let log = dir.0.join("migrate.log");
+    assert!(
+        podium_with(&["migrate"], &env, &log)
+            .wait()
+            .unwrap()
+            .success()
+    );
     for run in 0..2 {
         let log = dir.0.join(format!("seed{run}.log"));
         let status = podium_with(&["seed"], &env, &log).wait().unwrap();
+        assert!(status.success(), "{}", read(&log));
         assert!(
-            status.success(),
+            read(&log).contains("seeded: 0 new account(s)"),
             "{}",
-            std::fs::read_to_string(&log).unwrap()
+            read(&log)
         );
     }
     let log = dir.0.join("migrate.log");
@@ -279,27 +316,112 @@ async fn with_an_external_database_serve_seeds_nothing_and_seed_is_idempotent() 
             .unwrap()
             .success()
     );
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("applied 0 migration(s)")
-    );
+    assert!(read(&log).contains("applied 0 migration(s)"));
 
+    let log = dir.0.join("serve2.log");
     let mut child = podium_with(&[], &env, &log);
     wait_ready(&client, port, &mut child, &log).await;
-    let admin = gql(
+    assert_eq!(
+        demo_admin_login().await.code(),
+        "UNAUTHENTICATED",
+        "`podium seed` creates no account with a published password"
+    );
+    let services = gql(
+        &client,
+        port,
+        None,
+        "{ services { totalCount } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    assert!(
+        services.data("services.totalCount").as_i64().unwrap() > 0,
+        "the catalog was seeded"
+    );
+
+    // The operator's own administrator, password on standard input.
+    let create = [
+        "admin",
+        "create",
+        "--email",
+        "Ops@Example.com",
+        "--name",
+        "Ops",
+    ];
+    let log = dir.0.join("admin.log");
+    assert!(
+        podium_input(&create, &env, &log, "Operator-pass-42\n"),
+        "{}",
+        read(&log)
+    );
+    assert!(
+        !read(&log).contains("Operator-pass-42"),
+        "the password is not echoed"
+    );
+    let ops = gql(
         &client,
         port,
         None,
         LOGIN,
-        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+        json!({ "e": "ops@example.com", "p": "Operator-pass-42" }),
     )
     .await
     .ok()
     .str("login.accessToken");
     assert_eq!(
+        user_count(&client, port, &ops).await,
+        json!(1),
+        "an administrator, and the only account"
+    );
+
+    // Bad input and an existing email: a clear message and a failure exit.
+    assert!(!podium_input(&create, &env, &log, "Another-pass-42\n"));
+    assert!(read(&log).contains("already exists"), "{}", read(&log));
+    let weak = [
+        "admin",
+        "create",
+        "--email",
+        "weak@example.com",
+        "--name",
+        "W",
+    ];
+    assert!(!podium_input(&weak, &env, &log, "short\n"));
+    assert!(read(&log).contains("password"), "{}", read(&log));
+    assert!(!podium_input(&weak, &env, &log, ""));
+    assert!(read(&log).contains("no password given"), "{}", read(&log));
+    // PODIUM_ADMIN_PASSWORD instead of standard input.
+    let with_password: Vec<_> = env
+        .iter()
+        .copied()
+        .chain([("PODIUM_ADMIN_PASSWORD", "From-env-pass-42")])
+        .collect();
+    assert!(
+        podium_input(&weak, &with_password, &log, ""),
+        "{}",
+        read(&log)
+    );
+    gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": "weak@example.com", "p": "From-env-pass-42" }),
+    )
+    .await
+    .ok();
+
+    // The demo accounts only when asked for, and no node tokens outside the embedded default.
+    for run in 0..2 {
+        let log = dir.0.join(format!("demo{run}.log"));
+        let status = podium_with(&["seed", "--demo"], &env, &log).wait().unwrap();
+        assert!(status.success(), "{}", read(&log));
+        assert!(!read(&log).contains("pdn_"), "{}", read(&log));
+    }
+    let admin = demo_admin_login().await.ok().str("login.accessToken");
+    assert_eq!(
         user_count(&client, port, &admin).await,
-        json!(2),
+        json!(4),
         "seeded once, twice run"
     );
     stop(&mut child, libc::SIGTERM);
