@@ -25,7 +25,22 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Also kills any PostgreSQL left working in the directory by a failed test.
     fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for pid in entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            {
+                if std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(&self.0))
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "postgres")
+                {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -445,4 +460,199 @@ async fn a_bad_setting_is_named_at_start() {
             .unwrap()
             .contains("PODIUM_LISTEN")
     );
+}
+
+/// The embedded cluster's PostgreSQL processes still alive (zombies aside): those working in
+/// its data directory.
+fn cluster_processes(data: &Path) -> Vec<i32> {
+    let pg_dir = std::fs::canonicalize(data.join("postgres")).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == pg_dir)
+                && running(*pid)
+        })
+        .collect()
+}
+
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+fn postmaster_pid(data: &Path) -> i32 {
+    let file = std::fs::read_to_string(data.join("postgres/postmaster.pid")).unwrap();
+    file.lines().next().unwrap().trim().parse().unwrap()
+}
+
+fn assert_no_cluster_left(data: &Path) {
+    assert!(
+        !data.join("postgres/postmaster.pid").exists(),
+        "postmaster.pid is gone"
+    );
+    assert_eq!(
+        cluster_processes(data),
+        Vec::<i32>::new(),
+        "no PostgreSQL process of this data directory remains"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_postgres_orphaned_by_sigkill_is_taken_over_and_stopped_at_the_end() {
+    let dir = TempDir::new(0o755);
+    let data = dir.0.join("data");
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let secret = "embedded-jwt-secret-that-must-not-reach-postgres";
+    let env = [
+        ("PODIUM_DATA_DIR", data.to_str().unwrap()),
+        ("PODIUM_LISTEN", listen.as_str()),
+        ("PODIUM_JWT_SECRET", secret),
+        ("PODIUM_METRICS_TOKEN", "metrics-token-kept-from-postgres"),
+    ];
+
+    let log = dir.0.join("first.log");
+    let mut child = podium_with(&[], &env, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    let orphan = postmaster_pid(&data);
+    let environ =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{orphan}/environ")).unwrap())
+            .replace('\0', "\n");
+    assert!(
+        !environ.contains("PODIUM_") && !environ.contains(secret) && environ.contains("LC_ALL=C"),
+        "PostgreSQL runs in a clean environment: {environ}"
+    );
+    gql(
+        &client,
+        port,
+        None,
+        "mutation { register(input: {name: \"Kept\", email: \"kept@example.com\", password: \"Password123\"}) { accessToken } }",
+        json!({}),
+    )
+    .await
+    .ok();
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(
+        running(orphan),
+        "PostgreSQL outlives a Podium killed with SIGKILL (the case under test)"
+    );
+
+    let log = dir.0.join("second.log");
+    let mut child = podium_with(&[], &env, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": "kept@example.com", "p": "Password123" }),
+    )
+    .await
+    .ok();
+    gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+    )
+    .await
+    .ok();
+    let server = postmaster_pid(&data);
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("outlived the Podium that started it"),
+        "the orphan was found and taken over"
+    );
+
+    // Another Podium next to the owner shares its PostgreSQL and leaves it running.
+    let seed_log = dir.0.join("seed.log");
+    let status = podium_with(&["seed"], &env, &seed_log).wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&seed_log).unwrap()
+    );
+    assert!(
+        running(server),
+        "`podium seed` did not stop the server's PostgreSQL"
+    );
+    assert_eq!(
+        client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    stop(&mut child, libc::SIGINT);
+    assert!(!running(orphan) && !running(server));
+    assert_no_cluster_left(&data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_postgres_moves_to_another_port_when_its_own_is_taken() {
+    let dir = TempDir::new(0o755);
+    let data = dir.0.join("data");
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let port_file = data.join("postgres.port");
+    let pg_port = |path: &Path| -> u16 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+
+    let log = dir.0.join("first.log");
+    let mut child = podium(&data, port, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    stop(&mut child, libc::SIGINT);
+    let taken = pg_port(&port_file);
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+
+    let log = dir.0.join("second.log");
+    let mut child = podium(&data, port, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+    )
+    .await
+    .ok();
+    assert_ne!(pg_port(&port_file), taken, "another port was picked");
+    stop(&mut child, libc::SIGINT);
+    assert_no_cluster_left(&data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_embedded_start_stops_the_postgres_it_started() {
+    let dir = TempDir::new(0o755);
+    let data = dir.0.join("data");
+    // Keeping the generated JWT secret fails, after PostgreSQL has started.
+    std::fs::create_dir_all(data.join("jwt-secret")).unwrap();
+    let log = dir.0.join("out.log");
+    let status = podium(&data, free_port(), &log).wait().unwrap();
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("JWT secret"), "{output}");
+    assert!(
+        data.join("postgres/PG_VERSION").exists(),
+        "PostgreSQL was created (and started) before the failure"
+    );
+    assert_no_cluster_left(&data);
 }
