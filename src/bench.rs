@@ -66,7 +66,7 @@ async fn run(
     url: &str,
     bench: &HeartbeatBench,
 ) -> anyhow::Result<BenchReport> {
-    settings.database_url = Some(url.to_string());
+    settings.database_url = Some(url.to_string().into());
     settings.listen = "127.0.0.1:0".parse()?;
     settings.rate_limit_per_ip = u32::MAX;
     settings.rate_limit_per_user = u32::MAX;

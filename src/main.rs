@@ -204,9 +204,9 @@ async fn resolve_database(
         "no DATABASE_URL: running the embedded default (private PostgreSQL in the data directory)"
     );
     let pg = EmbeddedPostgres::start(&settings.data_dir).await?;
-    settings.database_url = Some(pg.database_url());
+    settings.database_url = Some(pg.database_url().into());
     if settings.jwt_secret.is_none() {
-        settings.jwt_secret = Some(embedded_jwt_secret(&settings.data_dir)?);
+        settings.jwt_secret = Some(embedded_jwt_secret(&settings.data_dir)?.into());
     }
     Ok((settings, Some(pg)))
 }
