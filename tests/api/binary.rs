@@ -389,6 +389,20 @@ async fn external_database_has_no_published_password_until_admin_create_or_seed_
         json!(1),
         "an administrator, and the only account"
     );
+    let audit = gql(
+        &client,
+        port,
+        Some(&ops),
+        "{ auditLog(action: \"user.create\") { nodes { actorId metadata } } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        audit.data("auditLog.nodes").clone(),
+        json!([{ "actorId": null, "metadata": { "email": "ops@example.com", "role": "ADMINISTRATOR", "isActive": true, "via": "cli" } }]),
+        "audited, with no actor"
+    );
 
     // Bad input and an existing email: a clear message and a failure exit.
     assert!(!podium_input(&create, &env, &log, "Another-pass-42\n"));
