@@ -66,7 +66,7 @@ async fn run(
     url: &str,
     bench: &HeartbeatBench,
 ) -> anyhow::Result<BenchReport> {
-    settings.database_url = Some(url.to_string());
+    settings.database_url = Some(url.to_string().into());
     settings.listen = "127.0.0.1:0".parse()?;
     // The rate limits stay as configured (as shipped, by default): heartbeats of known
     // nodes are counted per node, so one load generator on one address is not throttled.

@@ -14,6 +14,68 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A secret setting: reads as a `&str`, never prints (`Debug` shows `[redacted]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+/// A database URL: `Debug` shows it with the password replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // scheme://user:password@host... -> scheme://user:***@host...
+        let shown = match self.0.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((credentials, host)) => {
+                    let user = credentials.split(':').next().unwrap_or("");
+                    let hidden = if credentials.contains(':') {
+                        ":***"
+                    } else {
+                        ""
+                    };
+                    format!("{scheme}://{user}{hidden}@{host}")
+                }
+                None => self.0.clone(),
+            },
+            None => "[redacted]".into(),
+        };
+        write!(f, "{shown:?}")
+    }
+}
+
+impl std::ops::Deref for DatabaseUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(s: String) -> Self {
+        DatabaseUrl(s)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,
@@ -24,10 +86,10 @@ pub enum LogFormat {
 pub struct Settings {
     pub listen: SocketAddr,
     /// `None` means the embedded default: a private PostgreSQL cluster under `data_dir`.
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     pub data_dir: PathBuf,
     /// `None` is only allowed in the embedded default, which generates and keeps one.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     pub public_url: String,
     pub base_domain: String,
     /// ISO 4217 code for prices given without a currency.
@@ -72,7 +134,7 @@ pub struct Settings {
     pub job_retention: Duration,
     pub job_prune_cron: String,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<Secret>,
 }
 
 impl Settings {
@@ -145,12 +207,12 @@ impl Settings {
         let default_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Settings {
             listen,
-            database_url,
+            database_url: database_url.map(DatabaseUrl),
             data_dir: PathBuf::from(
                 env.get("PODIUM_DATA_DIR")
                     .unwrap_or_else(|| "./.data".into()),
             ),
-            jwt_secret,
+            jwt_secret: jwt_secret.map(Secret),
             public_url: public_url.trim_end_matches('/').to_string(),
             base_domain: env
                 .get("PODIUM_BASE_DOMAIN")
@@ -210,7 +272,7 @@ impl Settings {
                     .saturating_mul(24 * 3600),
             ),
             job_prune_cron: env.cron("PODIUM_JOB_PRUNE_CRON", "0 23 * * * *")?,
-            metrics_token: env.get("PODIUM_METRICS_TOKEN"),
+            metrics_token: env.get("PODIUM_METRICS_TOKEN").map(Secret),
         })
     }
 
@@ -344,6 +406,31 @@ mod tests {
         }
         let err = Settings::from_vars(vars(&[("PODIUM_JOB_PRUNE_CRON", "hourly")])).unwrap_err();
         assert_eq!(err.var, "PODIUM_JOB_PRUNE_CRON");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let s = Settings::from_vars(vars(&[
+            (
+                "DATABASE_URL",
+                "postgres://podium:db-pass-1234@db.internal:5432/podium",
+            ),
+            ("PODIUM_JWT_SECRET", "jwt-secret-0123456789abcdef0123456789"),
+            ("PODIUM_METRICS_TOKEN", "metrics-token-42"),
+        ]))
+        .unwrap();
+        let shown = format!("{s:?} {s:#?}");
+        for secret in ["db-pass-1234", "jwt-secret-0123456789", "metrics-token-42"] {
+            assert!(!shown.contains(secret), "{secret} printed: {shown}");
+        }
+        assert!(
+            shown.contains("postgres://podium:***@db.internal:5432/podium"),
+            "{shown}"
+        );
+        assert_eq!(
+            s.jwt_secret.as_deref(),
+            Some("jwt-secret-0123456789abcdef0123456789")
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `podium` binary: serve (default) | migrate | seed | print-schema.
+//! The `podium` binary: serve (default) | migrate | seed | admin | print-schema | node-agent | bench.
 
 use std::path::Path;
 
@@ -26,8 +26,15 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Load the seed data (demo accounts, catalog, worker nodes) idempotently and exit.
-    Seed,
+    /// Load the catalog idempotently and exit; with --demo, the demo accounts and nodes too.
+    Seed {
+        /// Also create the demo accounts (published passwords) and demo worker nodes.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Operator accounts.
+    #[command(subcommand)]
+    Admin(Admin),
     /// Print the GraphQL schema (SDL) and exit.
     PrintSchema,
     /// Run on a worker node: send heartbeats describing this machine to the server.
@@ -51,6 +58,18 @@ enum Command {
     /// Benchmarks; they print their figures.
     #[command(subcommand)]
     Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// Create an administrator. The password is the first line of standard input (prompted
+    /// for, unechoed, on a terminal), or PODIUM_ADMIN_PASSWORD when that is set.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,21 +124,35 @@ fn main() -> anyhow::Result<()> {
                     println!("applied {applied} migration(s)");
                     Ok(())
                 }
-                Command::Seed => {
+                Command::Seed { demo } => {
                     let url = settings.database_url.as_deref().expect("resolved");
                     db::migrate::run(url).await?;
                     let pool = db::connect_pool(url, 2).await?;
-                    let report = seed::run(&pool).await?;
+                    let report = if demo {
+                        seed::run(&pool).await?
+                    } else {
+                        seed::catalog(&pool).await?
+                    };
                     println!(
                         "seeded: {} new account(s), {} new service(s), {} new node(s)",
                         report.users.len(),
                         report.services.len(),
                         report.nodes.len()
                     );
-                    for (name, token) in &report.nodes {
-                        println!("  node {name}: token {token} (shown once)");
+                    if demo {
+                        // Node tokens only where the demo is private to this machine.
+                        print!("{}", seed::banner(&report, embedded.is_some()));
+                        if embedded.is_none() && !report.nodes.is_empty() {
+                            println!(
+                                "Demo node tokens are not shown against an external database; \
+                                 rotateWorkerNodeToken issues one."
+                            );
+                        }
                     }
                     Ok(())
+                }
+                Command::Admin(Admin::Create { email, name }) => {
+                    admin_create(&settings, email, name).await
                 }
                 Command::Bench(Bench::Heartbeat {
                     nodes,
@@ -171,9 +204,9 @@ async fn resolve_database(
         "no DATABASE_URL: running the embedded default (private PostgreSQL in the data directory)"
     );
     let pg = EmbeddedPostgres::start(&settings.data_dir).await?;
-    settings.database_url = Some(pg.database_url());
+    settings.database_url = Some(pg.database_url().into());
     if settings.jwt_secret.is_none() {
-        settings.jwt_secret = Some(embedded_jwt_secret(&settings.data_dir)?);
+        settings.jwt_secret = Some(embedded_jwt_secret(&settings.data_dir)?.into());
     }
     Ok((settings, Some(pg)))
 }
@@ -188,6 +221,84 @@ fn embedded_jwt_secret(data_dir: &Path) -> anyhow::Result<String> {
     Ok(secret)
 }
 
+async fn admin_create(settings: &Settings, email: String, name: String) -> anyhow::Result<()> {
+    let password = admin_password()?;
+    let url = settings.database_url.as_deref().expect("resolved");
+    db::migrate::run(url).await?;
+    let pool = db::connect_pool(url, 1).await?;
+    let mut conn = pool.get().await?;
+    let input = podium::users::service::AccountInput {
+        name,
+        email,
+        password,
+    };
+    match podium::users::service::create_administrator(&mut conn, input).await {
+        Ok(user) => {
+            println!("administrator {} created (id {})", user.email, user.id);
+            Ok(())
+        }
+        Err(podium::error::AppError::Internal(e)) => Err(e.context("creating the administrator")),
+        Err(e) => anyhow::bail!("cannot create the administrator: {}", e.message()),
+    }
+}
+
+/// PODIUM_ADMIN_PASSWORD, else the first line of standard input (unechoed on a terminal).
+fn admin_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    if let Ok(password) = std::env::var("PODIUM_ADMIN_PASSWORD")
+        && !password.is_empty()
+    {
+        return Ok(password);
+    }
+    let stdin = std::io::stdin();
+    let echo_off = stdin.is_terminal().then(|| {
+        eprint!("Password for the new administrator: ");
+        EchoOff::new()
+    });
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if echo_off.is_some() {
+        eprintln!();
+    }
+    drop(echo_off);
+    read.context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        anyhow::bail!(
+            "no password given: write it as the first line of standard input, or set PODIUM_ADMIN_PASSWORD"
+        );
+    }
+    Ok(password)
+}
+
+/// Turns the terminal's echo off on standard input until dropped.
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    fn new() -> Self {
+        // SAFETY: termios is plain data; tcgetattr fills it or fails, and then we leave it alone.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut saved) != 0 {
+                return EchoOff(None);
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &quiet);
+            EchoOff(Some(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: restores the settings read in `new`.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+        }
+    }
+}
+
 async fn serve(settings: Settings, embedded: Option<&EmbeddedPostgres>) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
     let app = Application::build(settings).await?;
@@ -197,7 +308,10 @@ async fn serve(settings: Settings, embedded: Option<&EmbeddedPostgres>) -> anyho
         if !marker.exists() {
             let report = seed::run(&app.state().pool).await?;
             std::fs::write(&marker, "demo data loaded\n")?;
-            println!("\nPodium demo data loaded. {}", seed::banner(&report));
+            println!(
+                "\nPodium demo data loaded (first start of the embedded default). {}",
+                seed::banner(&report, true)
+            );
         }
     }
     tracing::info!(

@@ -1,5 +1,6 @@
-//! Demo data from `seeds/` (embedded in the binary), loaded idempotently: what exists
-//! (by email, slug, plan name or node name) is left as it is.
+//! Seed data from `seeds/` (embedded in the binary), loaded idempotently: what exists
+//! (by email, slug, plan name or node name) is left as it is. The catalog is for every
+//! installation; the demo accounts (published passwords) and demo nodes only on request.
 
 use diesel_async::AsyncConnection;
 use serde::Deserialize;
@@ -107,6 +108,17 @@ fn invalid(what: &str) -> impl Fn(AppError) -> anyhow::Error + '_ {
     move |e| anyhow::anyhow!("seed {what} is invalid: {e:?}")
 }
 
+/// The catalog only: what `podium seed` loads.
+pub async fn catalog(pool: &DbPool) -> anyhow::Result<SeedReport> {
+    let mut conn = pool.get().await?;
+    Ok(SeedReport {
+        services: load_catalog(&mut conn).await?,
+        ..Default::default()
+    })
+}
+
+/// The catalog plus the demo accounts and demo nodes: `podium seed --demo`, the embedded
+/// default's first start, and the tests.
 pub async fn run(pool: &DbPool) -> anyhow::Result<SeedReport> {
     let mut report = SeedReport::default();
     let mut conn = pool.get().await?;
@@ -129,78 +141,7 @@ pub async fn run(pool: &DbPool) -> anyhow::Result<SeedReport> {
         }
     }
 
-    let seed: SeedCatalog = serde_json::from_str(CATALOG).expect("seeds/catalog.json is valid");
-    report.services = conn
-        .transaction(async |conn| {
-            let mut created = Vec::new();
-            for c in &seed.categories {
-                if catalog::category_by_slug(conn, &c.slug).await?.is_none() {
-                    let input = CategoryInput {
-                        slug: Some(c.slug.clone()),
-                        name: Some(c.name.clone()),
-                        description: Some(c.description.clone()),
-                        icon: c.icon.clone(),
-                        sort_order: Some(c.sort_order),
-                        is_active: Some(true),
-                    };
-                    catalog::insert_category(
-                        conn,
-                        &input.validate(true).map_err(invalid(&c.slug))?,
-                    )
-                    .await?;
-                }
-            }
-            for s in &seed.services {
-                if catalog::service_by_slug(conn, &s.slug).await?.is_some() {
-                    continue;
-                }
-                let category = catalog::category_by_slug(conn, &s.category)
-                    .await?
-                    .map(|c| c.id);
-                let input = ServiceInput {
-                    category_id: Some(category),
-                    slug: Some(s.slug.clone()),
-                    name: Some(s.name.clone()),
-                    description: Some(s.description.clone()),
-                    icon: s.icon.clone(),
-                    docker_image: Some(s.docker_image.clone()),
-                    container_port: Some(s.container_port),
-                    env_template: Some(s.env_template.clone()),
-                    volume_mount_path: s.volume_mount_path.clone(),
-                    tags: Some(s.tags.clone()),
-                    is_active: Some(true),
-                    is_public: Some(true),
-                    is_featured: Some(s.featured),
-                };
-                let service =
-                    catalog::insert_service(conn, &input.validate(true).map_err(invalid(&s.slug))?)
-                        .await?;
-                for (order, p) in s.plans.iter().enumerate() {
-                    let money = crate::money::MoneyInput {
-                        amount: p.price.clone(),
-                        currency: Some(seed.currency.clone()),
-                    };
-                    let input = PlanInput {
-                        service_id: Some(service.id),
-                        name: Some(p.name.clone()),
-                        plan_type: Some(p.plan_type.clone()),
-                        monthly_price: Some(money.parse("price", &seed.currency)),
-                        cpu_milli: Some(p.cpu_milli),
-                        memory_mb: Some(p.memory_mb),
-                        storage_gb: Some(p.storage_gb),
-                        total_quota: Some(p.total_quota),
-                        max_instances_per_user: Some(p.max_instances_per_user),
-                        sort_order: Some(order as i32),
-                        is_active: Some(true),
-                    };
-                    catalog::insert_plan(conn, &input.validate(true).map_err(invalid(&s.slug))?)
-                        .await?;
-                }
-                created.push(s.slug.clone());
-            }
-            Ok::<_, anyhow::Error>(created)
-        })
-        .await?;
+    report.services = load_catalog(&mut conn).await?;
 
     let nodes: Vec<SeedNode> = serde_json::from_str(NODES).expect("seeds/nodes.json is valid");
     for n in nodes {
@@ -230,8 +171,80 @@ pub async fn run(pool: &DbPool) -> anyhow::Result<SeedReport> {
     Ok(report)
 }
 
-/// The demo logins (and node tokens), for the first start's banner.
-pub fn banner(report: &SeedReport) -> String {
+/// Categories, services and their plans; returns the slugs of the new services.
+async fn load_catalog(conn: &mut crate::db::Conn) -> anyhow::Result<Vec<String>> {
+    let seed: SeedCatalog = serde_json::from_str(CATALOG).expect("seeds/catalog.json is valid");
+    conn.transaction(async |conn| {
+        let mut created = Vec::new();
+        for c in &seed.categories {
+            if catalog::category_by_slug(conn, &c.slug).await?.is_none() {
+                let input = CategoryInput {
+                    slug: Some(c.slug.clone()),
+                    name: Some(c.name.clone()),
+                    description: Some(c.description.clone()),
+                    icon: c.icon.clone(),
+                    sort_order: Some(c.sort_order),
+                    is_active: Some(true),
+                };
+                catalog::insert_category(conn, &input.validate(true).map_err(invalid(&c.slug))?)
+                    .await?;
+            }
+        }
+        for s in &seed.services {
+            if catalog::service_by_slug(conn, &s.slug).await?.is_some() {
+                continue;
+            }
+            let category = catalog::category_by_slug(conn, &s.category)
+                .await?
+                .map(|c| c.id);
+            let input = ServiceInput {
+                category_id: Some(category),
+                slug: Some(s.slug.clone()),
+                name: Some(s.name.clone()),
+                description: Some(s.description.clone()),
+                icon: s.icon.clone(),
+                docker_image: Some(s.docker_image.clone()),
+                container_port: Some(s.container_port),
+                env_template: Some(s.env_template.clone()),
+                volume_mount_path: s.volume_mount_path.clone(),
+                tags: Some(s.tags.clone()),
+                is_active: Some(true),
+                is_public: Some(true),
+                is_featured: Some(s.featured),
+            };
+            let service =
+                catalog::insert_service(conn, &input.validate(true).map_err(invalid(&s.slug))?)
+                    .await?;
+            for (order, p) in s.plans.iter().enumerate() {
+                let money = crate::money::MoneyInput {
+                    amount: p.price.clone(),
+                    currency: Some(seed.currency.clone()),
+                };
+                let input = PlanInput {
+                    service_id: Some(service.id),
+                    name: Some(p.name.clone()),
+                    plan_type: Some(p.plan_type.clone()),
+                    monthly_price: Some(money.parse("price", &seed.currency)),
+                    cpu_milli: Some(p.cpu_milli),
+                    memory_mb: Some(p.memory_mb),
+                    storage_gb: Some(p.storage_gb),
+                    total_quota: Some(p.total_quota),
+                    max_instances_per_user: Some(p.max_instances_per_user),
+                    sort_order: Some(order as i32),
+                    is_active: Some(true),
+                };
+                catalog::insert_plan(conn, &input.validate(true).map_err(invalid(&s.slug))?)
+                    .await?;
+            }
+            created.push(s.slug.clone());
+        }
+        Ok::<_, anyhow::Error>(created)
+    })
+    .await
+}
+
+/// The demo logins and, when `node_tokens` (only the embedded default), the new demo nodes' tokens.
+pub fn banner(report: &SeedReport, node_tokens: bool) -> String {
     let mut out = String::from("Demo logins:\n");
     for u in demo_users() {
         out.push_str(&format!(
@@ -239,7 +252,7 @@ pub fn banner(report: &SeedReport) -> String {
             u.email, u.password, u.role
         ));
     }
-    if !report.nodes.is_empty() {
+    if node_tokens && !report.nodes.is_empty() {
         out.push_str("Demo worker-node tokens (shown once; `podium node-agent --token ...`):\n");
         for (name, token) in &report.nodes {
             out.push_str(&format!("  {name:<14} {token}\n"));

@@ -2,12 +2,23 @@
 //! binaries in `<data dir>/postgres`: created on first start, reused later, stopped on
 //! shutdown. PostgreSQL refuses to run as root, so as root the server runs as the
 //! `postgres` user, which must be able to reach the data directory.
+//!
+//! The Podium process that owns the cluster holds an exclusive lock on
+//! `<data dir>/podium.lock` (released by the kernel however it dies). Whoever takes the lock
+//! and finds a server still running from the data directory is looking at an orphan of a
+//! killed Podium: it stops it and starts it afresh (with a clean environment), and stops it
+//! on exit, also when the start fails half-way. Another Podium (`podium seed` next to the
+//! server) finds the lock held and shares the running server without owning it.
 
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rand::Rng;
@@ -15,18 +26,41 @@ use rand::Rng;
 const SUPERUSER: &str = "podium";
 const DATABASE: &str = "podium";
 const RUN_AS_WHEN_ROOT: &str = "postgres";
+/// Attempts at a free port when the one tried is taken meanwhile.
+const PORT_ATTEMPTS: usize = 4;
 
-#[derive(Debug)]
 pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
+    root: PathBuf,
     data_dir: PathBuf,
     run_as: Option<(u32, u32)>,
     port: u16,
     password: String,
-    /// False when a server was already running on this data directory: we leave it running.
+    /// True when this process started the server and stops it (on `stop` or when dropped).
     owned: bool,
+    stopped: AtomicBool,
     /// True when this start created the cluster (first start: seed the demo data).
     pub created: bool,
+    /// The owner's lock; released (after the server stopped) when this is dropped.
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for EmbeddedPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedPostgres")
+            .field("data_dir", &self.data_dir)
+            .field("port", &self.port)
+            .field("owned", &self.owned)
+            .field("password", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    /// A start that failed half-way, an error or a panic: stop what this process started.
+    fn drop(&mut self) {
+        self.stop_blocking();
+    }
 }
 
 impl EmbeddedPostgres {
@@ -34,6 +68,7 @@ impl EmbeddedPostgres {
     pub async fn start(root: &Path) -> anyhow::Result<Self> {
         let root = root.to_path_buf();
         let pg = tokio::task::spawn_blocking(move || Self::start_blocking(&root)).await??;
+        // On failure `pg` is dropped here, which stops the server.
         pg.ensure_database().await?;
         Ok(pg)
     }
@@ -53,27 +88,39 @@ impl EmbeddedPostgres {
         &self.data_dir
     }
 
-    /// Stops the server if this process started it.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server if this process started it (once). Needs the multi-threaded runtime.
     pub async fn stop(&self) {
-        if !self.owned {
+        tokio::task::block_in_place(|| self.stop_blocking());
+    }
+
+    fn stop_blocking(&self) {
+        if !self.owned || self.stopped.swap(true, Ordering::SeqCst) {
             return;
         }
-        let data = self.data_dir.display().to_string();
-        let bin = self.bin_dir.join("pg_ctl");
-        let run_as = self.run_as;
-        let result = tokio::task::spawn_blocking(move || {
-            command(&bin, run_as)
-                .args(["-D", &data, "-m", "fast", "-w", "-t", "60", "stop"])
-                .output()
-        })
-        .await;
-        match result {
-            Ok(Ok(out)) if out.status.success() => tracing::info!("embedded PostgreSQL stopped"),
-            Ok(Ok(out)) => {
-                tracing::warn!(output = %describe(&out), "stopping embedded PostgreSQL failed")
+        let out = self.pg_ctl_stop("fast");
+        match &out {
+            Ok(out) if out.status.success() => tracing::info!("embedded PostgreSQL stopped"),
+            Ok(out) => {
+                tracing::warn!(output = %describe(out), "stopping embedded PostgreSQL failed")
             }
-            other => tracing::warn!(?other, "stopping embedded PostgreSQL failed"),
+            Err(e) => tracing::warn!(error = %e, "stopping embedded PostgreSQL failed"),
         }
+        let clean = matches!(out, Ok(ref o) if o.status.success());
+        if !clean && let Err(e) = self.stop_leftovers() {
+            tracing::warn!(error = %e, "embedded PostgreSQL may still be running");
+        }
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> std::io::Result<Output> {
+        command(&self.bin_dir.join("pg_ctl"), self.run_as)
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", mode, "-w", "-t", "60", "stop"])
+            .output()
     }
 
     fn start_blocking(root: &Path) -> anyhow::Result<Self> {
@@ -93,38 +140,58 @@ impl EmbeddedPostgres {
         } else {
             None
         };
+        let lock = owner_lock(&root)?;
 
         let password_file = root.join("postgres.password");
         let initialized = data_dir.join("PG_VERSION").exists();
-        let password = if initialized {
-            std::fs::read_to_string(&password_file)
-                .with_context(|| format!("reading {}", password_file.display()))?
-                .trim()
-                .to_string()
+        let mut pg = EmbeddedPostgres {
+            bin_dir,
+            root: root.clone(),
+            data_dir,
+            run_as,
+            port: 0,
+            password: String::new(),
+            owned: false,
+            stopped: AtomicBool::new(false),
+            created: false,
+            _lock: None,
+        };
+        if lock.is_none() {
+            // Another live Podium owns the cluster: share its server, leave it running.
+            let running = initialized.then(|| pg.running_port()).flatten();
+            let Some(port) = running else {
+                bail!(
+                    "another Podium process is using {} and its PostgreSQL is not running (yet): \
+                     wait for it to start, or stop it",
+                    root.display()
+                );
+            };
+            pg.password = read_password(&password_file)?;
+            pg.port = port;
+            tracing::info!(
+                port,
+                "embedded PostgreSQL is run by another Podium process; sharing it"
+            );
+            return Ok(pg);
+        }
+        pg._lock = lock;
+
+        pg.password = if initialized {
+            read_password(&password_file)?
         } else {
             let password = random_token(32);
             write_private(&password_file, &password)?;
             password
         };
-
-        if !data_dir.exists() {
-            std::fs::create_dir(&data_dir)?;
+        if !pg.data_dir.exists() {
+            std::fs::create_dir(&pg.data_dir)?;
         }
-        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(&pg.data_dir, std::fs::Permissions::from_mode(0o700))?;
         if let Some((uid, gid)) = run_as {
-            chown(&data_dir, uid, gid)?;
+            chown(&pg.data_dir, uid, gid)?;
         }
-        check_reachable(&data_dir, run_as)?;
+        check_reachable(&pg.data_dir, run_as)?;
 
-        let mut pg = EmbeddedPostgres {
-            bin_dir,
-            data_dir,
-            run_as,
-            port: 0,
-            password,
-            owned: true,
-            created: false,
-        };
         if !initialized {
             if let Err(e) = pg.initdb(&root) {
                 // Leave no half-made cluster behind: the next start begins afresh.
@@ -132,16 +199,109 @@ impl EmbeddedPostgres {
                 return Err(e);
             }
             pg.created = true;
-        }
-        if let Some(port) = pg.running_port() {
-            tracing::warn!(port, "embedded PostgreSQL was already running; reusing it");
-            pg.port = port;
-            pg.owned = false;
         } else {
-            pg.port = free_port()?;
-            pg.pg_ctl_start()?;
+            // We hold the lock, so a server still running here was left by a killed Podium.
+            pg.stop_leftovers()?;
         }
+        pg.owned = true;
+        pg.start_on_a_free_port()?;
         Ok(pg)
+    }
+
+    /// Stops whatever still runs from the data directory (an orphaned server, its backends)
+    /// and clears a stale `postmaster.pid`.
+    fn stop_leftovers(&self) -> anyhow::Result<()> {
+        let pid_file = self.data_dir.join("postmaster.pid");
+        let alive = cluster_processes(&self.data_dir);
+        if !pid_file.exists() && alive.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(());
+        }
+        // pg_ctl signals the pid in postmaster.pid: make sure it is still our server, not a
+        // process that inherited the number.
+        let postmaster: Option<i32> = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|f| f.lines().next()?.trim().parse().ok());
+        let ours = match &alive {
+            Some(pids) => postmaster.is_some_and(|p| pids.contains(&p)),
+            None => self.running_port().is_some(),
+        };
+        if ours {
+            tracing::warn!(
+                dir = %self.data_dir.display(),
+                "the embedded PostgreSQL outlived the Podium that started it; restarting it"
+            );
+            if !self.pg_ctl_stop("fast").is_ok_and(|o| o.status.success()) {
+                let _ = self.pg_ctl_stop("immediate");
+            }
+        }
+        let Some(_) = alive else {
+            // No /proc to look at: PostgreSQL itself recognises a stale postmaster.pid.
+            return Ok(());
+        };
+        // Backends of a postmaster killed outright, or a server pg_ctl could not stop.
+        let mut deadline = Instant::now() + Duration::from_secs(10);
+        let mut signal = libc::SIGTERM;
+        loop {
+            let left = cluster_processes(&self.data_dir).unwrap_or_default();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                if signal == libc::SIGKILL {
+                    bail!(
+                        "processes {left:?} still run from {} and do not stop; stop them and start again",
+                        self.data_dir.display()
+                    );
+                }
+                signal = libc::SIGKILL;
+                deadline = Instant::now() + Duration::from_secs(5);
+            }
+            for pid in &left {
+                // SAFETY: signals a process known to run from our data directory.
+                unsafe { libc::kill(*pid, signal) };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if pid_file.exists() {
+            tracing::warn!("removing the stale postmaster.pid of a server that is gone");
+            std::fs::remove_file(&pid_file)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server on the port it had last time, or another free one when that one
+    /// is taken; a start that fails stops what it started.
+    fn start_on_a_free_port(&mut self) -> anyhow::Result<()> {
+        let port_file = self.root.join("postgres.port");
+        let mut preferred = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok());
+        for attempt in 1..=PORT_ATTEMPTS {
+            self.port = match preferred.take() {
+                Some(port) if port_is_free(port) => port,
+                Some(port) => {
+                    tracing::warn!(
+                        port,
+                        "the embedded PostgreSQL's port is taken; picking another"
+                    );
+                    free_port()?
+                }
+                None => free_port()?,
+            };
+            match self.pg_ctl_start() {
+                Ok(()) => {
+                    std::fs::write(&port_file, format!("{}\n", self.port))?;
+                    return Ok(());
+                }
+                Err(StartError::PortTaken) if attempt < PORT_ATTEMPTS => {
+                    tracing::warn!(port = self.port, "port taken meanwhile; trying another");
+                    self.stop_leftovers()?;
+                }
+                Err(StartError::PortTaken) => bail!("no free port for the embedded PostgreSQL"),
+                Err(StartError::Other(e)) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     fn initdb(&self, root: &Path) -> anyhow::Result<()> {
@@ -175,8 +335,9 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    fn pg_ctl_start(&self) -> anyhow::Result<()> {
+    fn pg_ctl_start(&self) -> Result<(), StartError> {
         let log = self.data_dir.join("server.log");
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let out = command(&self.bin_dir.join("pg_ctl"), self.run_as)
             .arg("-D")
             .arg(&self.data_dir)
@@ -187,29 +348,31 @@ impl EmbeddedPostgres {
             .arg("start")
             .output()
             .context("running pg_ctl start")?;
-        if !out.status.success() {
-            let tail = std::fs::read_to_string(&log)
-                .map(|s| {
-                    s.lines()
-                        .rev()
-                        .take(10)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                })
-                .unwrap_or_default();
-            bail!(
-                "starting the embedded PostgreSQL failed: {}\n{tail}",
-                describe(&out)
-            );
+        if out.status.success() {
+            tracing::info!(port = self.port, dir = %self.data_dir.display(), "embedded PostgreSQL started");
+            return Ok(());
         }
-        tracing::info!(port = self.port, dir = %self.data_dir.display(), "embedded PostgreSQL started");
-        Ok(())
+        // What this start wrote to the log (the file is appended to across starts).
+        let written = std::fs::read(&log)
+            .map(|bytes| {
+                String::from_utf8_lossy(&bytes[(log_start as usize).min(bytes.len())..])
+                    .into_owned()
+            })
+            .unwrap_or_default();
+        if written.contains("could not bind")
+            || written.contains("could not create any TCP/IP sockets")
+        {
+            return Err(StartError::PortTaken);
+        }
+        let tail: Vec<&str> = written.lines().rev().take(10).collect();
+        let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        Err(StartError::Other(anyhow::anyhow!(
+            "starting the embedded PostgreSQL failed: {}\n{tail}",
+            describe(&out)
+        )))
     }
 
-    /// The port of a server already running on this data directory, if any.
+    /// The port of a server running on this data directory, if any.
     fn running_port(&self) -> Option<u16> {
         let pid_file = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
         let status = command(&self.bin_dir.join("pg_ctl"), self.run_as)
@@ -249,11 +412,78 @@ impl EmbeddedPostgres {
     }
 }
 
-/// A command run as the server's user when we are root.
+enum StartError {
+    PortTaken,
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Other(e)
+    }
+}
+
+/// Takes the owner's lock on the data directory; `None` when another live process holds it.
+fn owner_lock(root: &Path) -> anyhow::Result<Option<File>> {
+    let path = root.join("podium.lock");
+    // std opens with O_CLOEXEC: PostgreSQL never inherits (and so never keeps) the lock.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(file));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(err).with_context(|| format!("locking {}", path.display()))
+    }
+}
+
+fn read_password(path: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// The PostgreSQL processes working in the data directory: a server and its backends
+/// (PostgreSQL chdirs there). `None` without a /proc to look at.
+fn cluster_processes(data_dir: &Path) -> Option<Vec<i32>> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    std::fs::read_link("/proc/self/cwd").ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data_dir)
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim() == "postgres")
+            })
+            .collect(),
+    )
+}
+
+/// A command run as the server's user when we are root, in a clean environment: none of
+/// Podium's settings and secrets reach PostgreSQL.
 fn command(program: &Path, run_as: Option<(u32, u32)>) -> Command {
     let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C")
+        .env("LC_ALL", "C");
+    if let Some(tz) = std::env::var_os("TZ") {
+        cmd.env("TZ", tz);
+    }
     cmd.current_dir("/")
-        .env("LC_ALL", "C")
         // Its own process group: a terminal's Ctrl-C reaches Podium, which then stops
         // PostgreSQL in order, rather than hitting both at once.
         .process_group(0);
@@ -348,6 +578,10 @@ fn check_reachable(data_dir: &Path, run_as: Option<(u32, u32)>) -> anyhow::Resul
         );
     }
     Ok(())
+}
+
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -324,6 +324,37 @@ pub async fn ensure_account(conn: &mut Conn, input: AccountInput, role: Role) ->
     Ok(model::insert_if_absent(conn, &new).await?)
 }
 
+/// `podium admin create`: an active administrator, under registration's rules. There is no
+/// caller: whoever runs the binary against the database already owns it. Audited with no actor.
+pub async fn create_administrator(conn: &mut Conn, input: AccountInput) -> AppResult<User> {
+    let input = input.normalized();
+    input.validate()?;
+    let hash = password::hash(&input.password).await?;
+    let new = NewUser {
+        name: &input.name,
+        email: &input.email,
+        password_hash: &hash,
+        role: Role::Administrator,
+        is_active: true,
+    };
+    let user = model::insert(conn, &new)
+        .await
+        .map_err(conflict_if_duplicate(EMAIL_TAKEN))?;
+    let entry = audit::model::NewAuditEntry {
+        actor_id: None,
+        actor_email: None,
+        action: "user.create",
+        target_type: "User",
+        target_id: Some(user.id.to_string()),
+        metadata: json!({ "email": user.email, "role": Role::Administrator, "isActive": true, "via": "cli" }),
+    };
+    if let Err(e) = audit::model::insert(conn, &entry).await {
+        // The account exists; a missing audit row must not hide that from the operator.
+        tracing::warn!(error = %e, "writing the audit row for `podium admin create` failed");
+    }
+    Ok(user)
+}
+
 async fn lock_admin_set(conn: &mut Conn) -> AppResult<()> {
     diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
         .bind::<BigInt, _>(ADMIN_SET_LOCK_KEY)

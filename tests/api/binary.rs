@@ -29,7 +29,22 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Also kills any PostgreSQL left working in the directory by a failed test.
     fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for pid in entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            {
+                if std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(&self.0))
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "postgres")
+                {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -44,6 +59,28 @@ fn free_port() -> u16 {
 
 /// Runs `podium ARGS` with only the given Podium variables set, output to `log`.
 fn podium_with(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
+    podium_command(args, env, log)
+        .spawn()
+        .expect("starting podium")
+}
+
+/// Runs `podium ARGS` to its end with `input` on standard input.
+fn podium_input(args: &[&str], env: &[(&str, &str)], log: &Path, input: &str) -> bool {
+    use std::io::Write;
+    let mut child = podium_command(args, env, log)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("starting podium");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait().unwrap().success()
+}
+
+fn podium_command(args: &[&str], env: &[(&str, &str)], log: &Path) -> Command {
     let log = std::fs::File::create(log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_podium"));
     for (key, _) in std::env::vars() {
@@ -57,9 +94,8 @@ fn podium_with(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("starting podium")
+        .stderr(log);
+    cmd
 }
 
 /// The embedded default: nothing set but where to keep data and listen.
@@ -189,6 +225,10 @@ async fn embedded_default_runs_with_nothing_set_and_keeps_data() {
         first_output.contains("admin@paas.com"),
         "first start prints the demo logins"
     );
+    assert!(
+        first_output.contains("pdn_"),
+        "and the demo nodes' tokens: {first_output}"
+    );
 
     let second_log = dir.0.join("second.log");
     let mut child = podium(&data, port, &second_log);
@@ -234,7 +274,7 @@ async fn an_unreachable_data_directory_is_explained() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_an_external_database_serve_seeds_nothing_and_seed_is_idempotent() {
+async fn external_database_has_no_published_password_until_admin_create_or_seed_demo() {
     let url = fresh_database(false).await;
     let dir = TempDir::new(0o755);
     let client = reqwest::Client::new();
@@ -247,33 +287,45 @@ async fn with_an_external_database_serve_seeds_nothing_and_seed_is_idempotent() 
         ("PODIUM_LISTEN", listen.as_str()),
         ("PODIUM_DATA_DIR", data_dir.to_str().unwrap()),
     ];
+    let read = |log: &Path| std::fs::read_to_string(log).unwrap();
+    let demo_admin_login = async || {
+        gql(
+            &client,
+            port,
+            None,
+            LOGIN,
+            json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+        )
+        .await
+    };
 
     let log = dir.0.join("serve.log");
     let mut child = podium_with(&[], &env, &log);
     wait_ready(&client, port, &mut child, &log).await;
-    let r = gql(
-        &client,
-        port,
-        None,
-        LOGIN,
-        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
-    )
-    .await;
     assert_eq!(
-        r.code(),
+        demo_admin_login().await.code(),
         "UNAUTHENTICATED",
         "no demo accounts against an external database"
     );
     stop(&mut child, libc::SIGTERM);
     assert!(!data_dir.exists(), "no embedded cluster either");
 
+    // `podium migrate && podium seed` (twice: idempotent) loads the catalog, no accounts.
+    let log = dir.0.join("migrate.log");
+    assert!(
+        podium_with(&["migrate"], &env, &log)
+            .wait()
+            .unwrap()
+            .success()
+    );
     for run in 0..2 {
         let log = dir.0.join(format!("seed{run}.log"));
         let status = podium_with(&["seed"], &env, &log).wait().unwrap();
+        assert!(status.success(), "{}", read(&log));
         assert!(
-            status.success(),
+            read(&log).contains("seeded: 0 new account(s)"),
             "{}",
-            std::fs::read_to_string(&log).unwrap()
+            read(&log)
         );
     }
     let log = dir.0.join("migrate.log");
@@ -283,27 +335,126 @@ async fn with_an_external_database_serve_seeds_nothing_and_seed_is_idempotent() 
             .unwrap()
             .success()
     );
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("applied 0 migration(s)")
-    );
+    assert!(read(&log).contains("applied 0 migration(s)"));
 
+    let log = dir.0.join("serve2.log");
     let mut child = podium_with(&[], &env, &log);
     wait_ready(&client, port, &mut child, &log).await;
-    let admin = gql(
+    assert_eq!(
+        demo_admin_login().await.code(),
+        "UNAUTHENTICATED",
+        "`podium seed` creates no account with a published password"
+    );
+    let services = gql(
+        &client,
+        port,
+        None,
+        "{ services { totalCount } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    assert!(
+        services.data("services.totalCount").as_i64().unwrap() > 0,
+        "the catalog was seeded"
+    );
+
+    // The operator's own administrator, password on standard input.
+    let create = [
+        "admin",
+        "create",
+        "--email",
+        "Ops@Example.com",
+        "--name",
+        "Ops",
+    ];
+    let log = dir.0.join("admin.log");
+    assert!(
+        podium_input(&create, &env, &log, "Operator-pass-42\n"),
+        "{}",
+        read(&log)
+    );
+    assert!(
+        !read(&log).contains("Operator-pass-42"),
+        "the password is not echoed"
+    );
+    let ops = gql(
         &client,
         port,
         None,
         LOGIN,
-        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+        json!({ "e": "ops@example.com", "p": "Operator-pass-42" }),
     )
     .await
     .ok()
     .str("login.accessToken");
     assert_eq!(
+        user_count(&client, port, &ops).await,
+        json!(1),
+        "an administrator, and the only account"
+    );
+    let audit = gql(
+        &client,
+        port,
+        Some(&ops),
+        "{ auditLog(action: \"user.create\") { nodes { actorId metadata } } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        audit.data("auditLog.nodes").clone(),
+        json!([{ "actorId": null, "metadata": { "email": "ops@example.com", "role": "ADMINISTRATOR", "isActive": true, "via": "cli" } }]),
+        "audited, with no actor"
+    );
+
+    // Bad input and an existing email: a clear message and a failure exit.
+    assert!(!podium_input(&create, &env, &log, "Another-pass-42\n"));
+    assert!(read(&log).contains("already exists"), "{}", read(&log));
+    let weak = [
+        "admin",
+        "create",
+        "--email",
+        "weak@example.com",
+        "--name",
+        "W",
+    ];
+    assert!(!podium_input(&weak, &env, &log, "short\n"));
+    assert!(read(&log).contains("password"), "{}", read(&log));
+    assert!(!podium_input(&weak, &env, &log, ""));
+    assert!(read(&log).contains("no password given"), "{}", read(&log));
+    // PODIUM_ADMIN_PASSWORD instead of standard input.
+    let with_password: Vec<_> = env
+        .iter()
+        .copied()
+        .chain([("PODIUM_ADMIN_PASSWORD", "From-env-pass-42")])
+        .collect();
+    assert!(
+        podium_input(&weak, &with_password, &log, ""),
+        "{}",
+        read(&log)
+    );
+    gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": "weak@example.com", "p": "From-env-pass-42" }),
+    )
+    .await
+    .ok();
+
+    // The demo accounts only when asked for, and no node tokens outside the embedded default.
+    for run in 0..2 {
+        let log = dir.0.join(format!("demo{run}.log"));
+        let status = podium_with(&["seed", "--demo"], &env, &log).wait().unwrap();
+        assert!(status.success(), "{}", read(&log));
+        assert!(!read(&log).contains("pdn_"), "{}", read(&log));
+    }
+    let admin = demo_admin_login().await.ok().str("login.accessToken");
+    assert_eq!(
         user_count(&client, port, &admin).await,
-        json!(2),
+        json!(4),
         "seeded once, twice run"
     );
     stop(&mut child, libc::SIGTERM);
@@ -469,4 +620,199 @@ async fn a_job_whose_server_is_killed_is_finished_by_another_instance_exactly_on
         model::JobStatus::Succeeded
     );
     drop(b);
+}
+
+/// The embedded cluster's PostgreSQL processes still alive (zombies aside): those working in
+/// its data directory.
+fn cluster_processes(data: &Path) -> Vec<i32> {
+    let pg_dir = std::fs::canonicalize(data.join("postgres")).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == pg_dir)
+                && running(*pid)
+        })
+        .collect()
+}
+
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+fn postmaster_pid(data: &Path) -> i32 {
+    let file = std::fs::read_to_string(data.join("postgres/postmaster.pid")).unwrap();
+    file.lines().next().unwrap().trim().parse().unwrap()
+}
+
+fn assert_no_cluster_left(data: &Path) {
+    assert!(
+        !data.join("postgres/postmaster.pid").exists(),
+        "postmaster.pid is gone"
+    );
+    assert_eq!(
+        cluster_processes(data),
+        Vec::<i32>::new(),
+        "no PostgreSQL process of this data directory remains"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_postgres_orphaned_by_sigkill_is_taken_over_and_stopped_at_the_end() {
+    let dir = TempDir::new(0o755);
+    let data = dir.0.join("data");
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let secret = "embedded-jwt-secret-that-must-not-reach-postgres";
+    let env = [
+        ("PODIUM_DATA_DIR", data.to_str().unwrap()),
+        ("PODIUM_LISTEN", listen.as_str()),
+        ("PODIUM_JWT_SECRET", secret),
+        ("PODIUM_METRICS_TOKEN", "metrics-token-kept-from-postgres"),
+    ];
+
+    let log = dir.0.join("first.log");
+    let mut child = podium_with(&[], &env, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    let orphan = postmaster_pid(&data);
+    let environ =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{orphan}/environ")).unwrap())
+            .replace('\0', "\n");
+    assert!(
+        !environ.contains("PODIUM_") && !environ.contains(secret) && environ.contains("LC_ALL=C"),
+        "PostgreSQL runs in a clean environment: {environ}"
+    );
+    gql(
+        &client,
+        port,
+        None,
+        "mutation { register(input: {name: \"Kept\", email: \"kept@example.com\", password: \"Password123\"}) { accessToken } }",
+        json!({}),
+    )
+    .await
+    .ok();
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(
+        running(orphan),
+        "PostgreSQL outlives a Podium killed with SIGKILL (the case under test)"
+    );
+
+    let log = dir.0.join("second.log");
+    let mut child = podium_with(&[], &env, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": "kept@example.com", "p": "Password123" }),
+    )
+    .await
+    .ok();
+    gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+    )
+    .await
+    .ok();
+    let server = postmaster_pid(&data);
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("outlived the Podium that started it"),
+        "the orphan was found and taken over"
+    );
+
+    // Another Podium next to the owner shares its PostgreSQL and leaves it running.
+    let seed_log = dir.0.join("seed.log");
+    let status = podium_with(&["seed"], &env, &seed_log).wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&seed_log).unwrap()
+    );
+    assert!(
+        running(server),
+        "`podium seed` did not stop the server's PostgreSQL"
+    );
+    assert_eq!(
+        client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    stop(&mut child, libc::SIGINT);
+    assert!(!running(orphan) && !running(server));
+    assert_no_cluster_left(&data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_postgres_moves_to_another_port_when_its_own_is_taken() {
+    let dir = TempDir::new(0o755);
+    let data = dir.0.join("data");
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let port_file = data.join("postgres.port");
+    let pg_port = |path: &Path| -> u16 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+
+    let log = dir.0.join("first.log");
+    let mut child = podium(&data, port, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    stop(&mut child, libc::SIGINT);
+    let taken = pg_port(&port_file);
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+
+    let log = dir.0.join("second.log");
+    let mut child = podium(&data, port, &log);
+    wait_ready(&client, port, &mut child, &log).await;
+    gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": ADMIN_EMAIL, "p": ADMIN_PASSWORD }),
+    )
+    .await
+    .ok();
+    assert_ne!(pg_port(&port_file), taken, "another port was picked");
+    stop(&mut child, libc::SIGINT);
+    assert_no_cluster_left(&data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_embedded_start_stops_the_postgres_it_started() {
+    let dir = TempDir::new(0o755);
+    let data = dir.0.join("data");
+    // Keeping the generated JWT secret fails, after PostgreSQL has started.
+    std::fs::create_dir_all(data.join("jwt-secret")).unwrap();
+    let log = dir.0.join("out.log");
+    let status = podium(&data, free_port(), &log).wait().unwrap();
+    let output = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("JWT secret"), "{output}");
+    assert!(
+        data.join("postgres/PG_VERSION").exists(),
+        "PostgreSQL was created (and started) before the failure"
+    );
+    assert_no_cluster_left(&data);
 }
