@@ -20,9 +20,11 @@ pub fn token_hash(token: &str) -> Vec<u8> {
 /// A new opaque token: `prefix` + 32 random bytes, base64url.
 pub fn new_opaque_token(prefix: &str) -> String {
     use base64::Engine;
-    use rand::RngCore;
+    use rand::TryRng;
     let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the operating system's random source");
     format!(
         "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rand::Rng;
+use rand::RngExt;
 
 const SUPERUSER: &str = "podium";
 const DATABASE: &str = "podium";
@@ -590,8 +590,8 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn random_token(len: usize) -> String {
-    rand::thread_rng()
-        .sample_iter(&rand::distributions::Alphanumeric)
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
         .take(len)
         .map(char::from)
         .collect()
