@@ -98,7 +98,9 @@ impl From<diesel::result::Error> for AppError {
             Error::NotFound => AppError::NotFound("not found".into()),
             // The database keeps references whole; say which way the change broke one.
             Error::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info) => {
-                if info.message().contains("still referenced") {
+                // "update or delete on table ... violates foreign key constraint" (what it
+                // broke is in the detail: "... is still referenced from table ...").
+                if info.message().starts_with("update or delete") {
                     AppError::Conflict("it is still in use by other records".into())
                 } else {
                     AppError::BadUserInput {

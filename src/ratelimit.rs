@@ -81,7 +81,8 @@ pub struct FailureCounter {
     entries: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
-/// A reserved attempt; `succeeded` returns the slot, dropping it keeps it as a failure.
+/// A reserved attempt; `release` returns the slot (a success, or a failure that was not the
+/// caller's guess, such as a database error); dropping it keeps it as a failure.
 pub struct Reservation<'a> {
     counter: &'a FailureCounter,
     key: String,
@@ -89,7 +90,7 @@ pub struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
-    pub fn succeeded(self) {
+    pub fn release(self) {
         let mut entries = self.counter.lock();
         if let Some(entry) = entries.get_mut(&self.key)
             && entry.0 == self.started
@@ -250,7 +251,7 @@ mod tests {
         let b = c.reserve("k".into()).unwrap();
         // Both slots are taken while the two attempts are in flight.
         assert!(c.reserve("k".into()).is_err());
-        a.succeeded();
+        a.release();
         drop(b); // a failure
         assert_eq!(c.count("k"), 1);
         assert!(c.reserve("k".into()).is_ok());

@@ -14,6 +14,8 @@ use crate::users::model::{self as users, NewUser, Role, User, UserChanges};
 use crate::users::service::{AccountInput, EMAIL_TAKEN, PasswordInput};
 
 const REFRESH_TOKEN_PREFIX: &str = "pdr_";
+/// The longest email address (RFC 5321 path limit); registration enforces it too.
+const MAX_EMAIL_LEN: usize = 254;
 
 pub struct AuthTokens {
     pub access_token: String,
@@ -62,16 +64,56 @@ pub async fn login(
 ) -> AppResult<AuthTokens> {
     throttle_ip(state, client)?;
     let email = email.trim().to_lowercase();
+    let refused = || AppError::Unauthenticated("invalid email or password".into());
+    // No account has a longer one; refused before it can become a throttling key.
+    if email.len() > MAX_EMAIL_LEN {
+        return Err(refused());
+    }
     let limits = &state.limits;
     // Reserved before the password is checked, so parallel guesses can't all get past it.
     let attempt = limits
         .login_failures_per_pair
         .reserve(format!("{email} {}", address_key(client.ip)))
         .map_err(AppError::rate_limited)?;
-    // Failures from every address slow each attempt at this email, but never refuse it:
-    // a flood from many addresses can't lock the owner out.
+    let user = match check_password(state, &email, password_attempt).await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            // The reservation is kept: a failure.
+            limits.login_failures_per_email.record(email);
+            tracing::info!(ip = %client.ip, "failed login");
+            return Err(refused());
+        }
+        Err(e) => {
+            // Not the caller's guess (e.g. the database is down): nothing to count.
+            attempt.release();
+            return Err(e);
+        }
+    };
+    attempt.release();
+    if !user.is_active {
+        return Err(AppError::Forbidden("this account is deactivated".into()));
+    }
+    let mut conn = state.pool.get().await?;
+    let (session_id, refresh_token) = conn
+        .transaction(async |conn| {
+            users::touch_last_login(conn, user.id).await?;
+            start_session(conn, state, user.id, client).await
+        })
+        .await?;
+    tracing::info!(user_id = %user.id, "user logged in");
+    tokens(state, user, session_id, refresh_token)
+}
+
+/// The account if `password_attempt` is its password. Failures from every address slow
+/// each attempt at this email down, but never refuse it: a flood from many addresses
+/// can't lock the owner out.
+async fn check_password(
+    state: &AppState,
+    email: &str,
+    password_attempt: &str,
+) -> AppResult<Option<User>> {
     let slowdown = login_slowdown(
-        limits.login_failures_per_email.count(&email),
+        state.limits.login_failures_per_email.count(email),
         state.settings.login_slowdown_after,
     );
     if !slowdown.is_zero() {
@@ -81,37 +123,16 @@ pub async fn login(
         );
         tokio::time::sleep(slowdown).await;
     }
-
     let mut conn = state.pool.get().await?;
-    let user = users::find_by_email(&mut conn, &email).await?;
+    let user = users::find_by_email(&mut conn, email).await?;
+    drop(conn);
     // Unknown emails are checked against a dummy hash: same cost, same answer.
     let ok = password::verify(
         password_attempt,
         user.as_ref().map(|u| u.password_hash.as_str()),
     )
     .await?;
-    let user = match user {
-        Some(user) if ok => user,
-        _ => {
-            limits.login_failures_per_email.record(email);
-            tracing::info!(ip = %client.ip, "failed login");
-            return Err(AppError::Unauthenticated(
-                "invalid email or password".into(),
-            ));
-        }
-    };
-    attempt.succeeded();
-    if !user.is_active {
-        return Err(AppError::Forbidden("this account is deactivated".into()));
-    }
-    let (session_id, refresh_token) = conn
-        .transaction(async |conn| {
-            users::touch_last_login(conn, user.id).await?;
-            start_session(conn, state, user.id, client).await
-        })
-        .await?;
-    tracing::info!(user_id = %user.id, "user logged in");
-    tokens(state, user, session_id, refresh_token)
+    Ok(user.filter(|_| ok))
 }
 
 enum Rotation {
@@ -217,14 +238,25 @@ pub async fn change_password(
         .password_failures_per_user
         .reserve(actor.user_id.to_string())
         .map_err(AppError::rate_limited)?;
-    let mut conn = state.pool.get().await?;
-    let user = users::find(&mut conn, actor.user_id)
-        .await?
-        .ok_or_else(AppError::unauthenticated)?;
-    if !password::verify(current, Some(&user.password_hash)).await? {
-        return Err(AppError::field("currentPassword", "is incorrect"));
+    let checked = async {
+        let mut conn = state.pool.get().await?;
+        let user = users::find(&mut conn, actor.user_id)
+            .await?
+            .ok_or_else(AppError::unauthenticated)?;
+        let ok = password::verify(current, Some(&user.password_hash)).await?;
+        Ok::<_, AppError>((user, ok, conn))
     }
-    attempt.succeeded();
+    .await;
+    let (user, mut conn) = match checked {
+        Ok((user, true, conn)) => (user, conn),
+        // The reservation is kept: a failure.
+        Ok((_, false, _)) => return Err(AppError::field("currentPassword", "is incorrect")),
+        Err(e) => {
+            attempt.release();
+            return Err(e);
+        }
+    };
+    attempt.release();
     let hash = password::hash(&new.new_password).await?;
     conn.transaction(async |conn| {
         users::update(

@@ -22,6 +22,8 @@ use async_graphql::{
     ErrorExtensionValues, Response, ServerError, ServerResult, ValidationResult, Value, Variables,
 };
 
+use crate::auth::Identity;
+
 pub const QUERY_TOO_COMPLEX: &str = "QUERY_TOO_COMPLEX";
 pub const QUERY_TOO_DEEP: &str = "QUERY_TOO_DEEP";
 pub const TOO_MANY_ALIASES: &str = "TOO_MANY_ALIASES";
@@ -32,6 +34,9 @@ pub const GRAPHQL_VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
 /// Selections a document may expand to (fragments inlined) before it is refused
 /// unexamined: a guard against fragments spread exponentially many times.
 const EXPANSION_BUDGET: usize = 100_000;
+/// Fragments spread inside fragments at most this deep: the walk (and the validation after
+/// it) recurses once per level, so a long chain must not reach the stack's end.
+const MAX_FRAGMENT_NESTING: usize = 32;
 /// graphql-js: these introspection list fields may nest at most two deep.
 const INTROSPECTION_LISTS: [&str; 4] = ["fields", "interfaces", "possibleTypes", "inputFields"];
 const MAX_INTROSPECTION_LIST_DEPTH: usize = 3;
@@ -100,6 +105,15 @@ impl Extension for LimitsExtension {
     ) -> Result<ValidationResult, Vec<ServerError>> {
         let limits = &self.limits;
         let shape = self.shape.lock().unwrap().take().unwrap_or_default();
+        // A node token sends heartbeats and nothing else (its rate limit is the node's).
+        if matches!(ctx.data_opt::<Identity>(), Some(Identity::Node { .. }))
+            && !shape.heartbeat_only
+        {
+            return Err(vec![error(
+                "FORBIDDEN",
+                "node tokens only send heartbeats (nodeHeartbeat)",
+            )]);
+        }
         if shape.introspects && !limits.introspection {
             return Err(vec![error(
                 INTROSPECTION_DISABLED,
@@ -109,7 +123,9 @@ impl Extension for LimitsExtension {
         if shape.too_large {
             return Err(vec![error(
                 QUERY_TOO_COMPLEX,
-                format!("the query expands to more than {EXPANSION_BUDGET} selections"),
+                format!(
+                    "the query expands to more than {EXPANSION_BUDGET} selections, or nests fragments more than {MAX_FRAGMENT_NESTING} deep"
+                ),
             )]);
         }
         let result = next.run(ctx).await.map_err(|errors| {
@@ -204,6 +220,9 @@ struct Shape {
     introspects: bool,
     introspection_too_deep: bool,
     too_large: bool,
+    /// Every operation is a mutation selecting only `nodeHeartbeat` (and `__typename`):
+    /// all a node token may do.
+    heartbeat_only: bool,
 }
 
 impl Shape {
@@ -214,14 +233,19 @@ impl Shape {
             selections: 0,
             spreading: Vec::new(),
             other_roots: false,
+            beyond_heartbeats: false,
         };
         for (_, operation) in doc.operations.iter() {
             if operation.node.ty != OperationType::Query {
                 walk.other_roots = true;
             }
+            if operation.node.ty != OperationType::Mutation {
+                walk.beyond_heartbeats = true;
+            }
             walk.selection_set(&operation.node.selection_set.node, Level::Root);
         }
         walk.shape.introspection_only = !walk.other_roots;
+        walk.shape.heartbeat_only = !walk.beyond_heartbeats;
         walk.shape
     }
 }
@@ -240,6 +264,8 @@ struct Walk<'a> {
     /// Fragments being expanded: a cycle is left to validation to report.
     spreading: Vec<&'a str>,
     other_roots: bool,
+    /// A root field other than `nodeHeartbeat` and `__typename`, or a non-mutation.
+    beyond_heartbeats: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -259,6 +285,11 @@ impl<'a> Walk<'a> {
                         self.shape.aliases += 1;
                     }
                     let name = field.name.node.as_str();
+                    if matches!(level, Level::Root)
+                        && !matches!(name, "nodeHeartbeat" | "__typename")
+                    {
+                        self.beyond_heartbeats = true;
+                    }
                     let inner = match level {
                         Level::Root => match name {
                             "__schema" | "__type" => {
@@ -288,6 +319,10 @@ impl<'a> Walk<'a> {
                     };
                     if self.spreading.contains(&name) {
                         continue;
+                    }
+                    if self.spreading.len() >= MAX_FRAGMENT_NESTING {
+                        self.shape.too_large = true;
+                        return;
                     }
                     self.spreading.push(name);
                     self.selection_set(&fragment.node.selection_set.node, level);
@@ -363,5 +398,29 @@ mod tests {
         }
         q += " fragment F20 on Query { __typename }";
         assert!(shape(&q).too_large);
+    }
+
+    #[tokio::test]
+    async fn a_long_chain_of_fragments_is_refused_before_it_reaches_the_stack_end() {
+        let mut q = String::from("{ ...F0 }");
+        for i in 0..20_000 {
+            q += &format!(" fragment F{i} on Query {{ ...F{} }}", i + 1);
+        }
+        q += " fragment F20000 on Query { __typename }";
+        assert!(shape(&q).too_large);
+        let settings = crate::config::Settings::from_vars(Vec::new()).unwrap();
+        let response = build_schema(SchemaLimits::from(&settings)).execute(q).await;
+        let code = response.errors[0]
+            .extensions
+            .as_ref()
+            .and_then(|e| e.get("code"))
+            .cloned();
+        // Refused (by the parser's own nesting guard or by the walk), never a crash.
+        assert!(
+            code == Some(Value::from(QUERY_TOO_DEEP))
+                || code == Some(Value::from(QUERY_TOO_COMPLEX)),
+            "{:?}",
+            response.errors
+        );
     }
 }

@@ -195,7 +195,7 @@ async fn socket_of_a_signed_out_session_is_closed_and_its_operations_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn socket_with_an_expired_token_is_closed_with_4401() {
-    let app = spawn_app_with(&[("PODIUM_ACCESS_TOKEN_TTL_SECS", "1")]).await;
+    let app = spawn_app_with(&[("PODIUM_ACCESS_TOKEN_TTL_SECS", "3")]).await;
     let (user, _) = app.register("brief").await;
     let mut ws = open_socket(&app, &user.access).await;
     assert_eq!(closed_with(&mut ws).await, 4401);
@@ -242,4 +242,83 @@ async fn socket_operations_count_against_the_per_user_limit() {
         ["OK", "OK", "OK", "RATE_LIMITED", "RATE_LIMITED"],
         "socket operations share the user's budget"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_of_a_demoted_administrator_is_refused_admin_operations_at_once() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (second, _) = create_admin(&app, &admin).await;
+    let mut ws = open_socket(&app, &second.access).await;
+    // Demoted only: the account stays active and the socket open.
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { updateUser(id: $id, input: {role: USER}) { role } }",
+        json!({ "id": second.user_id }),
+    )
+    .await
+    .ok();
+    let rogue = format!("rogue-{}@example.com", uuid::Uuid::new_v4().simple());
+    send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": {
+        "query": "mutation($e: String!, $p: String!) { createUser(input: {name: \"Rogue\", email: $e, password: $p, role: ADMINISTRATOR}) { id } }",
+        "variables": { "e": rogue, "p": PASSWORD } } })).await;
+    match next(&mut ws).await {
+        Next::Json(v) => {
+            assert_eq!(
+                v["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN",
+                "{v}"
+            );
+            assert!(v["payload"]["data"].is_null(), "{v}");
+        }
+        Next::Closed(code) => panic!("a demoted user keeps the socket; closed with {code}"),
+    }
+    // What a USER may do still works on the same socket.
+    send(
+        &mut ws,
+        json!({ "id": "2", "type": "subscribe", "payload": { "query": "{ me { role } }" } }),
+    )
+    .await;
+    loop {
+        match next(&mut ws).await {
+            Next::Json(v) if v["id"] == "2" && v["type"] == "next" => {
+                assert_eq!(v["payload"]["data"]["me"]["role"], "USER", "{v}");
+                break;
+            }
+            Next::Json(_) => {}
+            Next::Closed(code) => panic!("closed with {code}"),
+        }
+    }
+    assert_eq!(user_count(&app, &admin, &rogue).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_operations_count_against_the_per_address_limit() {
+    let app = spawn_app_with(&[("PODIUM_RATE_LIMIT_PER_IP", "4")]).await;
+    // The upgrade request itself is one of the four.
+    let mut ws = connect(&app, "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
+    match next(&mut ws).await {
+        Next::Json(v) => assert_eq!(v["type"], "connection_ack", "{v}"),
+        Next::Closed(code) => panic!("closed with {code}"),
+    }
+    let mut codes = Vec::new();
+    for id in 0..5 {
+        send(&mut ws, json!({ "id": id.to_string(), "type": "subscribe", "payload": { "query": "{ __typename }" } })).await;
+        loop {
+            match next(&mut ws).await {
+                Next::Json(v) if v["type"] == "next" => {
+                    codes.push(
+                        v["payload"]["errors"][0]["extensions"]["code"]
+                            .as_str()
+                            .unwrap_or("OK")
+                            .to_string(),
+                    );
+                    break;
+                }
+                Next::Json(_) => {}
+                Next::Closed(code) => panic!("closed with {code}"),
+            }
+        }
+    }
+    assert_eq!(codes, ["OK", "OK", "OK", "RATE_LIMITED", "RATE_LIMITED"]);
 }
