@@ -121,15 +121,16 @@ impl FailureCounter {
     pub fn reserve(&self, key: String) -> Result<Reservation<'_>, u64> {
         let now = Instant::now();
         let mut entries = self.lock();
-        if entries.len() >= Self::MAX_KEYS {
+        if entries.len() >= Self::MAX_KEYS && !entries.contains_key(&key) {
             entries.retain(|_, (start, _)| now.duration_since(*start) < self.window);
-            if entries.len() >= Self::MAX_KEYS
-                && let Some(oldest) = entries
-                    .iter()
-                    .min_by_key(|(_, (start, _))| *start)
-                    .map(|(k, _)| k.clone())
-            {
-                entries.remove(&oldest);
+            if entries.len() >= Self::MAX_KEYS {
+                // Still full of live windows: drop the oldest tenth at once, so that this
+                // O(n) pass happens once per many insertions, not on each.
+                let mut starts: Vec<Instant> = entries.values().map(|(start, _)| *start).collect();
+                let cut = starts.len() / 10;
+                let (_, oldest_kept, _) = starts.select_nth_unstable(cut);
+                let oldest_kept = *oldest_kept;
+                entries.retain(|_, (start, _)| *start >= oldest_kept);
             }
         }
         let entry = entries.entry(key.clone()).or_insert((now, 0));
@@ -257,6 +258,19 @@ mod tests {
         assert!(c.reserve("k".into()).is_ok());
         assert!(c.reserve("k".into()).is_err());
         assert!(c.reserve("other".into()).is_ok());
+    }
+
+    #[test]
+    fn a_full_counter_drops_its_oldest_tenth_and_stays_bounded() {
+        let c = FailureCounter::new(5, Duration::from_secs(60));
+        for i in 0..FailureCounter::MAX_KEYS {
+            c.record(format!("k{i}"));
+        }
+        assert_eq!(c.lock().len(), FailureCounter::MAX_KEYS);
+        c.record("newcomer".into());
+        let len = c.lock().len();
+        assert!(len <= FailureCounter::MAX_KEYS * 9 / 10 + 1, "{len}");
+        assert_eq!(c.count("newcomer"), 1);
     }
 
     #[test]

@@ -175,7 +175,9 @@ impl Socket {
     }
 
     /// Why the socket must close now, if it must: the caller's token expired or its
-    /// session or account lost access.
+    /// session or account lost access. A demoted user keeps the socket (what a USER may do
+    /// still works): each operation is judged by the current role, and every admin-only
+    /// subscription must re-check the role before each event, as `node_for_subscriber` does.
     async fn lost_access(&self) -> Option<CloseReason> {
         let Some(Credentials::User {
             user_id,

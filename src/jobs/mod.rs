@@ -4,6 +4,10 @@
 //! expired (a killed process), and only the lease holder records an outcome. Each cron tick
 //! is enqueued once (a unique key), and a tick missed during downtime runs once on the next
 //! start. Finished jobs are pruned after `PODIUM_JOB_RETENTION_DAYS`.
+//!
+//! A handler must be idempotent: a worker that loses its lease (say, cut off from the
+//! database for longer than the lease) may still be running when another takes the job
+//! over. Billing handlers get that from unique keys per period and row locks.
 
 pub mod graphql;
 pub mod model;
