@@ -12,7 +12,7 @@ use super::model::{
 use crate::audit;
 use crate::auth::Identity;
 use crate::error::{AppError, AppResult, FieldErrors, conflict_if_duplicate};
-use crate::pagination::{Page, PageArgs};
+use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
 
 pub const PLAN_TYPES: [&str; 4] = ["BASIC", "STANDARD", "PREMIUM", "ENTERPRISE"];
@@ -161,11 +161,13 @@ pub async fn services(
     if let Some(slug) = query.category_slug {
         match model::category_by_slug(&mut conn, &slug).await? {
             Some(c) if c.is_active || identity.is_admin() => filter.category_id = Some(c.id),
-            _ => return Ok(Page::from_rows(Vec::new(), &page, 0)),
+            _ => return Ok(Page::from_rows(Vec::new(), &page, Total::known(0))),
         }
     }
     let rows = model::list_services(&mut conn, &filter, &page).await?;
-    let total = model::count_services(&mut conn, &filter).await?;
+    let total = Total::deferred(&state.pool, filter, |conn, filter| {
+        model::count_services(conn, filter).boxed()
+    });
     Ok(Page::from_rows(rows, &page, total))
 }
 

@@ -17,7 +17,7 @@ use crate::catalog::service::Checks;
 use crate::db::Conn;
 use crate::error::{AppError, AppResult, conflict_if_duplicate};
 use crate::events::{self, Event};
-use crate::pagination::{Page, PageArgs};
+use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
 
 #[derive(Default, Clone)]
@@ -117,7 +117,9 @@ pub async fn list(
     filter.stale_after = stale_after(state);
     let mut conn = state.pool.get().await?;
     let rows = model::list(&mut conn, &filter, &page).await?;
-    let total = model::count(&mut conn, &filter).await?;
+    let total = Total::deferred(&state.pool, filter, |conn, filter| {
+        model::count(conn, filter).boxed()
+    });
     Ok(Page::from_rows(rows, &page, total))
 }
 

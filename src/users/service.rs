@@ -15,7 +15,7 @@ use crate::auth::model as sessions;
 use crate::auth::{Identity, password};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult, conflict_if_duplicate};
-use crate::pagination::{Page, PageArgs};
+use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
 
 /// What a duplicate email conflicts with (registration, creation, updates).
@@ -141,7 +141,9 @@ pub async fn list(
     identity.admin()?;
     let mut conn = state.pool.get().await?;
     let rows = model::list(&mut conn, &filter, &page).await?;
-    let total = model::count(&mut conn, &filter).await?;
+    let total = Total::deferred(&state.pool, filter, |conn, filter| {
+        model::count(conn, filter).boxed()
+    });
     Ok(Page::from_rows(rows, &page, total))
 }
 
