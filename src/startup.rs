@@ -12,7 +12,7 @@ use tracing_actix_web::TracingLogger;
 use crate::auth::{jwt::JwtKeys, password};
 use crate::config::Settings;
 use crate::db::{self, QueryCounter, migrate};
-use crate::events::{Event, EventBus};
+use crate::events::EventBus;
 use crate::graphql::{self, PodiumSchema, SchemaLimits, handlers};
 use crate::http;
 use crate::jobs;
@@ -127,9 +127,10 @@ async fn spawn_background(
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    Ok(event) => {
-                        let Event::WorkerNodeStatusChanged { node_id, status, .. } = *event;
-                        heartbeats.observe_status(node_id, status);
+                    Ok(message) => {
+                        if let Some(change) = message.decode::<crate::nodes::service::StatusChanged>(crate::nodes::service::STATUS_TOPIC) {
+                            heartbeats.observe_status(change.node_id, change.status);
+                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return,

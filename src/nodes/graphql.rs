@@ -8,7 +8,6 @@ use tokio::sync::broadcast::error::RecvError;
 use super::model::{NodeChanges, NodeFilter, NodeStatus, Report, WorkerNode};
 use super::service::{self, NodeInput};
 use crate::auth::identity;
-use crate::events::Event;
 use crate::graphql::{ContextExt, PodiumConnection, connection, parse_id};
 use crate::pagination::PageArgs;
 
@@ -500,25 +499,28 @@ impl NodesSubscription {
             (events, state, actor),
             |(mut events, state, actor)| async move {
                 loop {
-                    let event = match events.recv().await {
-                        Ok(event) => event,
+                    let message = match events.recv().await {
+                        Ok(message) => message,
                         Err(RecvError::Lagged(missed)) => {
                             tracing::warn!(missed, "a slow subscriber missed events");
                             continue;
                         }
                         Err(RecvError::Closed) => return None,
                     };
+                    let Some(service::StatusChanged {
+                        node_id,
+                        previous_status,
+                        status,
+                        at,
+                    }) = message.decode(service::STATUS_TOPIC)
+                    else {
+                        continue;
+                    };
                     // Whoever was demoted, deactivated or signed out since subscribing hears no more.
                     match identity::current(&state, actor.user_id, actor.session_id).await {
                         Ok(Some(now)) if now.is_admin() => {}
                         _ => return None,
                     }
-                    let Event::WorkerNodeStatusChanged {
-                        node_id,
-                        previous_status,
-                        status,
-                        at,
-                    } = *event;
                     let node = service::find_many(&state, &[node_id])
                         .await
                         .ok()
