@@ -63,6 +63,9 @@ pub struct Settings {
     pub job_poll: Duration,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// The longest an in-memory read (users, sessions, the public catalog) is trusted
+    /// without an event; zero turns the caches off.
+    pub cache_ttl: Duration,
 }
 
 impl Settings {
@@ -192,6 +195,7 @@ impl Settings {
             job_workers: env.positive("PODIUM_JOB_WORKERS", 2)?,
             job_poll: Duration::from_millis(env.positive("PODIUM_JOB_POLL_MS", 1000)?),
             metrics_token: env.get("PODIUM_METRICS_TOKEN"),
+            cache_ttl: Duration::from_secs(env.parse("PODIUM_CACHE_TTL_SECS", 5)?),
         })
     }
 

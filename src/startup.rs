@@ -9,7 +9,10 @@ use actix_web::{App, HttpServer, guard, http::header, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
+use crate::auth::cache::IdentityCache;
 use crate::auth::{jwt::JwtKeys, password};
+use crate::cache::spawn_invalidator;
+use crate::catalog::cache::CatalogCache;
 use crate::config::Settings;
 use crate::db::{self, QueryCounter, migrate};
 use crate::events::EventBus;
@@ -57,6 +60,8 @@ impl Application {
             heartbeats: Arc::new(Heartbeats::default()),
             jobs_wakeup: Arc::new(tokio::sync::Notify::new()),
             queries,
+            identity_cache: Arc::new(IdentityCache::new(settings.cache_ttl)),
+            catalog_cache: Arc::new(CatalogCache::new(settings.cache_ttl)),
             settings: Arc::new(settings),
         };
         let (shutdown, stopping) = watch::channel(false);
@@ -106,6 +111,13 @@ async fn spawn_background(
     stopping: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = vec![
+        // Before the listener: a cache is trusted only once it hears invalidations.
+        spawn_invalidator(
+            state.identity_cache.clone(),
+            &state.events,
+            stopping.clone(),
+        ),
+        spawn_invalidator(state.catalog_cache.clone(), &state.events, stopping.clone()),
         state
             .events
             .spawn_listener(url.to_string(), stopping.clone()),
