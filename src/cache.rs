@@ -62,7 +62,7 @@ impl Freshness {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn set_listening(&self, listening: bool) {
+    pub(crate) fn set_listening(&self, listening: bool) {
         self.invalidate();
         self.enabled
             .store(listening && !self.ttl.is_zero(), Ordering::SeqCst);

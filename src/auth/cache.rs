@@ -131,3 +131,72 @@ impl Invalidated for IdentityCache {
             .clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::model::Role;
+
+    fn user(id: Uuid) -> User {
+        let now = chrono::Utc::now();
+        User {
+            id,
+            name: "N".into(),
+            email: "n@example.com".into(),
+            password_hash: String::new(),
+            role: Role::User,
+            is_active: true,
+            email_verified_at: None,
+            last_login_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn listening(ttl: Duration) -> IdentityCache {
+        let cache = IdentityCache::new(ttl);
+        cache.freshness.set_listening(true);
+        cache
+    }
+
+    #[test]
+    fn vouches_only_for_sessions_it_was_told_about() {
+        let cache = listening(Duration::from_secs(60));
+        let (id, session, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        cache.store(cache.ticket().unwrap(), user(id), session);
+        assert!(cache.session(id, session).is_some());
+        assert!(cache.session(id, other).is_none());
+        assert!(cache.user(id).is_some());
+        cache.forget(&[id]);
+        assert!(cache.session(id, session).is_none());
+    }
+
+    #[test]
+    fn a_read_that_straddles_an_invalidation_is_not_stored() {
+        let cache = listening(Duration::from_secs(60));
+        let (id, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let ticket = cache.ticket().unwrap();
+        // The change commits (and is forgotten) while the old row is being read.
+        cache.forget(&[id]);
+        cache.store(ticket, user(id), session);
+        assert!(cache.session(id, session).is_none());
+    }
+
+    #[test]
+    fn nothing_is_trusted_while_the_listener_is_down_or_after_the_ttl() {
+        let cache = listening(Duration::from_secs(60));
+        let (id, session) = (Uuid::new_v4(), Uuid::new_v4());
+        cache.store(cache.ticket().unwrap(), user(id), session);
+        cache.freshness.set_listening(false);
+        assert!(cache.session(id, session).is_none());
+        assert!(cache.ticket().is_none(), "nothing is stored meanwhile");
+
+        let expiring = listening(Duration::from_millis(1));
+        expiring.store(expiring.ticket().unwrap(), user(id), session);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(expiring.session(id, session).is_none());
+
+        let off = listening(Duration::ZERO);
+        assert!(off.ticket().is_none(), "a zero TTL turns caching off");
+    }
+}
