@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -90,7 +91,7 @@ async fn warm(a: &TestApp, b: &TestApp, token: &str) {
     );
 }
 
-/// Polls `app` until the token is refused; "within milliseconds", so two seconds is plenty.
+/// Polls `app` until the token is refused: "within milliseconds", so two seconds is plenty.
 async fn refused_soon(app: &TestApp, token: &str, query: &str, code: &str) {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
@@ -101,7 +102,7 @@ async fn refused_soon(app: &TestApp, token: &str, query: &str, code: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "still accepted on the other instance: {}",
+            "still accepted two seconds after the change: {}",
             r.0
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -308,14 +309,66 @@ async fn a_catalog_edit_through_one_instance_shows_at_once_there_and_within_ms_o
     .await;
 }
 
-async fn eventually_within_2s<F, Fut>(what: &str, mut check: F)
+async fn eventually_within_2s<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    eventually_within(what, Duration::from_secs(2), check).await
+}
+
+async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_missed_while_the_event_listener_was_down_is_not_served_from_memory() {
+    let (app, other) = two_instances().await;
+    let (user, _) = app.register("missed").await;
+    warm(&other, &app, &user.access).await;
+
+    // Cut the instance's LISTEN connection, then change the user behind its back (a
+    // statement of our own: not through the instance, so nothing is forgotten locally).
+    let mut conn = AsyncPgConnection::establish(&app.database_url)
+        .await
+        .unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Cut {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let cut: Cut = diesel::sql_query(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(cut.n, 2, "both instances' listeners");
+    diesel::sql_query("UPDATE users SET is_active = FALSE WHERE id = $1::uuid")
+        .bind::<diesel::sql_types::Text, _>(&user.user_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    refused_soon(&app, &user.access, ME, "UNAUTHENTICATED").await;
+
+    // The listener reconnects, and the cache serves again.
+    let (user, _) = app.register("after").await;
+    eventually_within(
+        "the cache to serve again",
+        Duration::from_secs(15),
+        || async {
+            app.me(&user.access).await.ok();
+            served_from_memory(&app, Some(&user.access), ME).await
+        },
+    )
+    .await;
 }
