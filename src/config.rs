@@ -135,6 +135,9 @@ pub struct Settings {
     pub job_prune_cron: String,
     /// When set, `/metrics` requires `Authorization: Bearer <token>`.
     pub metrics_token: Option<Secret>,
+    /// The longest an in-memory read (users, sessions, the public catalog) is trusted
+    /// without an event; zero turns the caches off.
+    pub cache_ttl: Duration,
 }
 
 impl Settings {
@@ -273,6 +276,7 @@ impl Settings {
             ),
             job_prune_cron: env.cron("PODIUM_JOB_PRUNE_CRON", "0 23 * * * *")?,
             metrics_token: env.get("PODIUM_METRICS_TOKEN").map(Secret),
+            cache_ttl: Duration::from_secs(env.parse("PODIUM_CACHE_TTL_SECS", 5)?),
         })
     }
 

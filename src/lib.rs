@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bench;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod db;

@@ -84,6 +84,15 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// The hot reads: `{ __typename }`, an authenticated `{ me }` and the anonymous
+    /// catalog page (20 services with 3 plans each), each for `--seconds`, on a scratch
+    /// database next to the configured one (or the embedded default's).
+    Api {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -180,6 +189,45 @@ fn main() -> anyhow::Result<()> {
                     println!("  latency max   {:.2} ms", r.max_ms);
                     println!("  heartbeats    {} ({} errors)", r.heartbeats, r.errors);
                     println!("  in database   {}/{nodes} nodes' latest reports written", r.written);
+                    Ok(())
+                }
+                Command::Bench(Bench::Api {
+                    concurrency,
+                    seconds,
+                }) => {
+                    let bench = podium::bench::ApiBench {
+                        concurrency: concurrency.max(1),
+                        seconds: seconds.max(1),
+                    };
+                    println!(
+                        "api benchmark: {} concurrent keep-alive clients, {} s per scenario, {} CPU(s), {} build",
+                        bench.concurrency,
+                        bench.seconds,
+                        std::thread::available_parallelism().map_or(1, |n| n.get()),
+                        if cfg!(debug_assertions) { "debug" } else { "release" }
+                    );
+                    println!(
+                        "  the scratch server's per-IP and per-user rate limits are raised to {} per window \
+                         (all clients share one address and one user; the limiters still run)",
+                        podium::bench::API_BENCH_RATE_LIMIT
+                    );
+                    let results = podium::bench::api(settings, bench).await?;
+                    let base = results.first().map_or(1.0, |r| r.per_second.max(1.0));
+                    println!(
+                        "  {:<14} {:>9} {:>9} {:>9} {:>13} {:>8}",
+                        "scenario", "req/s", "p50 ms", "p99 ms", "of typename", "errors"
+                    );
+                    for r in &results {
+                        println!(
+                            "  {:<14} {:>9.0} {:>9.2} {:>9.2} {:>12.1}% {:>8}",
+                            r.name,
+                            r.per_second,
+                            r.p50_ms,
+                            r.p99_ms,
+                            100.0 * r.per_second / base,
+                            r.errors
+                        );
+                    }
                     Ok(())
                 }
                 Command::PrintSchema | Command::NodeAgent { .. } => unreachable!(),

@@ -1,11 +1,16 @@
 //! Keyset pagination shared by every list: `first` (1..=100, default 20) and an opaque
 //! `after` cursor encoding (created_at, id) of the last row seen.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use crate::db::{Conn, DbPool};
 use crate::error::{AppError, AppResult};
 
 pub const DEFAULT_PAGE_SIZE: usize = 20;
@@ -109,23 +114,73 @@ impl PageArgs {
 }
 
 /// One page of a list, with the total of the whole (filtered) list.
-#[derive(Debug)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub has_next_page: bool,
-    pub total_count: i64,
+    pub total: Total,
 }
 
 impl<T> Page<T> {
     /// `rows` was fetched with one extra row beyond `args.first`.
-    pub fn from_rows(mut rows: Vec<T>, args: &PageArgs, total_count: i64) -> Self {
+    pub fn from_rows(mut rows: Vec<T>, args: &PageArgs, total: Total) -> Self {
         let has_next_page = rows.len() > args.first;
         rows.truncate(args.first);
         Page {
             items: rows,
             has_next_page,
-            total_count,
+            total,
         }
+    }
+}
+
+type Count = Arc<dyn Fn() -> BoxFuture<'static, AppResult<i64>> + Send + Sync>;
+
+/// The size of a whole list. A `count(*)` scans what the page skipped, so it runs only
+/// when a client asks for `totalCount` (and at most once per page).
+pub struct Total {
+    value: OnceCell<i64>,
+    count: Option<Count>,
+}
+
+impl Total {
+    pub fn known(n: i64) -> Self {
+        Total {
+            value: OnceCell::new_with(Some(n)),
+            count: None,
+        }
+    }
+
+    /// Counted on a pooled connection with `count(conn, &filter)` when first asked for.
+    pub fn deferred<F: Send + Sync + 'static>(
+        pool: &DbPool,
+        filter: F,
+        count: for<'c> fn(&'c mut Conn, &'c F) -> BoxFuture<'c, diesel::QueryResult<i64>>,
+    ) -> Self {
+        let (pool, filter) = (pool.clone(), Arc::new(filter));
+        let count: Count = Arc::new(move || {
+            let (pool, filter) = (pool.clone(), filter.clone());
+            Box::pin(async move {
+                let mut conn = pool.get().await?;
+                Ok(count(&mut conn, &filter).await?)
+            })
+        });
+        Total {
+            value: OnceCell::new(),
+            count: Some(count),
+        }
+    }
+
+    pub async fn get(&self) -> AppResult<i64> {
+        let count = self.count.clone();
+        self.value
+            .get_or_try_init(|| async move {
+                match count {
+                    Some(count) => count().await,
+                    None => Ok(0),
+                }
+            })
+            .await
+            .copied()
     }
 }
 

@@ -9,10 +9,13 @@ use actix_web::{App, HttpServer, guard, http::header, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
+use crate::auth::cache::IdentityCache;
 use crate::auth::{jwt::JwtKeys, password};
+use crate::cache::spawn_invalidator;
+use crate::catalog::cache::CatalogCache;
 use crate::config::Settings;
 use crate::db::{self, QueryCounter, migrate};
-use crate::events::{Event, EventBus};
+use crate::events::EventBus;
 use crate::graphql::{self, PodiumSchema, SchemaLimits, handlers};
 use crate::http;
 use crate::jobs;
@@ -57,6 +60,8 @@ impl Application {
             heartbeats: Arc::new(Heartbeats::default()),
             jobs_wakeup: Arc::new(tokio::sync::Notify::new()),
             queries,
+            identity_cache: Arc::new(IdentityCache::new(settings.cache_ttl)),
+            catalog_cache: Arc::new(CatalogCache::new(settings.cache_ttl)),
             settings: Arc::new(settings),
         };
         let (shutdown, stopping) = watch::channel(false);
@@ -106,6 +111,13 @@ async fn spawn_background(
     stopping: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = vec![
+        // Before the listener: a cache is trusted only once it hears invalidations.
+        spawn_invalidator(
+            state.identity_cache.clone(),
+            &state.events,
+            stopping.clone(),
+        ),
+        spawn_invalidator(state.catalog_cache.clone(), &state.events, stopping.clone()),
         state
             .events
             .spawn_listener(url.to_string(), stopping.clone()),
@@ -127,9 +139,10 @@ async fn spawn_background(
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    Ok(event) => {
-                        let Event::WorkerNodeStatusChanged { node_id, status, .. } = *event;
-                        heartbeats.observe_status(node_id, status);
+                    Ok(message) => {
+                        if let Some(change) = message.decode::<crate::nodes::service::StatusChanged>(crate::nodes::service::STATUS_TOPIC) {
+                            heartbeats.observe_status(change.node_id, change.status);
+                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return,

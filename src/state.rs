@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use crate::auth::cache::IdentityCache;
 use crate::auth::jwt::JwtKeys;
+use crate::catalog::cache::CatalogCache;
 use crate::config::Settings;
 use crate::db::{DbPool, QueryCounter};
 use crate::events::EventBus;
@@ -23,6 +25,9 @@ pub struct AppState {
     pub jobs_wakeup: Arc<tokio::sync::Notify>,
     /// Statements run by the pool's connections.
     pub queries: QueryCounter,
+    /// Users and live sessions, and the public catalog, in memory (kept fresh by events).
+    pub identity_cache: Arc<IdentityCache>,
+    pub catalog_cache: Arc<CatalogCache>,
 }
 
 /// Who is calling from where: for sessions, throttling and the audit trail.

@@ -1,6 +1,7 @@
 //! Writing and reading the audit trail.
 
 use diesel_async::AsyncConnection;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use uuid::Uuid;
 
@@ -8,7 +9,7 @@ use super::model::{self, AuditEntry, AuditFilter, NewAuditEntry};
 use crate::auth::{Actor, Identity};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
-use crate::pagination::{Page, PageArgs};
+use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
 
 /// What an audited change returns: its result, its target's id, and what to record of it.
@@ -70,6 +71,8 @@ pub async fn list(
     identity.admin()?;
     let mut conn = state.pool.get().await?;
     let rows = model::list(&mut conn, &filter, &page).await?;
-    let total = model::count(&mut conn, &filter).await?;
+    let total = Total::deferred(&state.pool, filter, |conn, filter| {
+        model::count(conn, filter).boxed()
+    });
     Ok(Page::from_rows(rows, &page, total))
 }

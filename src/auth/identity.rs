@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::db::schema::{sessions, users};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use crate::users::model::Role;
+use crate::users::model::{Role, User};
 
 #[derive(Clone, Debug)]
 pub struct Actor {
@@ -143,27 +143,45 @@ pub async fn resolve(state: &AppState, authorization: Option<&str>) -> AppResult
 }
 
 /// The user behind a session as they are now: none if deactivated or the session revoked.
-/// Long-lived subscriptions call it again before delivering each event.
+/// Long-lived subscriptions call it again before delivering each event. Served from
+/// memory when this replica has seen the pair since the last change to either (see
+/// `auth::cache`); the row read otherwise is remembered for `me`.
 pub async fn current(
     state: &AppState,
     user_id: Uuid,
     session_id: Uuid,
 ) -> AppResult<Option<Actor>> {
+    let cache = &state.identity_cache;
+    if let Some(user) = cache.session(user_id, session_id) {
+        return Ok(Some(Actor {
+            user_id,
+            role: user.role,
+            session_id,
+        }));
+    }
+    let ticket = cache.ticket();
     let mut conn = state.pool.get().await?;
-    let row: Option<(Role, bool, Option<DateTime<Utc>>)> = users::table
+    let row: Option<(User, Option<DateTime<Utc>>)> = users::table
         .inner_join(sessions::table)
         .filter(users::id.eq(user_id))
         .filter(sessions::id.eq(session_id))
-        .select((users::role, users::is_active, sessions::revoked_at))
+        .select((User::as_select(), sessions::revoked_at))
         .first(&mut conn)
         .await
         .optional()?;
+    drop(conn);
     Ok(match row {
-        Some((role, true, None)) => Some(Actor {
-            user_id,
-            role,
-            session_id,
-        }),
+        Some((user, None)) if user.is_active => {
+            let role = user.role;
+            if let Some(ticket) = ticket {
+                cache.store(ticket, user, session_id);
+            }
+            Some(Actor {
+                user_id,
+                role,
+                session_id,
+            })
+        }
         _ => None,
     })
 }

@@ -1,6 +1,7 @@
 //! Authentication: argon2 passwords, JWT access tokens, rotating refresh tokens in
 //! session families, and the identity attached to each request.
 
+pub mod cache;
 pub mod graphql;
 pub mod identity;
 pub mod jwt;

@@ -100,6 +100,7 @@ pub async fn login(
             start_session(conn, state, user.id, client).await
         })
         .await?;
+    state.identity_cache.forget(&[user.id]);
     tracing::info!(user_id = %user.id, "user logged in");
     tokens(state, user, session_id, refresh_token)
 }
@@ -143,6 +144,7 @@ enum Rotation {
     },
     Reused {
         session_id: Uuid,
+        user_id: Uuid,
     },
     Refused(&'static str),
 }
@@ -164,6 +166,7 @@ pub async fn refresh(state: &AppState, token: &str) -> AppResult<AuthTokens> {
                 model::revoke_session(conn, session.id, "refresh token reuse").await?;
                 return Ok(Rotation::Reused {
                     session_id: session.id,
+                    user_id: session.user_id,
                 });
             }
             if stored.expires_at <= Utc::now() {
@@ -192,7 +195,11 @@ pub async fn refresh(state: &AppState, token: &str) -> AppResult<AuthTokens> {
             session_id,
             refresh_token,
         } => tokens(state, user, session_id, refresh_token),
-        Rotation::Reused { session_id } => {
+        Rotation::Reused {
+            session_id,
+            user_id,
+        } => {
+            state.identity_cache.forget(&[user_id]);
             tracing::warn!(%session_id, "refresh token reused: session revoked");
             Err(AppError::Unauthenticated(
                 "this refresh token was already used; the session has been revoked".into(),
@@ -206,13 +213,20 @@ pub async fn refresh(state: &AppState, token: &str) -> AppResult<AuthTokens> {
 pub async fn logout(state: &AppState, token: &str) -> AppResult<()> {
     let hash = token_hash(token.trim());
     let mut conn = state.pool.get().await?;
-    conn.transaction(async |conn| {
-        if let Some((_, session)) = model::find_token_for_update(conn, &hash).await? {
+    let user_id = conn
+        .transaction(async |conn| {
+            let Some((_, session)) = model::find_token_for_update(conn, &hash).await? else {
+                return Ok::<_, AppError>(None);
+            };
             model::revoke_session(conn, session.id, "logout").await?;
-        }
-        Ok::<_, AppError>(())
-    })
-    .await
+            Ok(Some(session.user_id))
+        })
+        .await?;
+    // This replica refuses the session at once; the others hear the database's event.
+    if let Some(id) = user_id {
+        state.identity_cache.forget(&[id]);
+    }
+    Ok(())
 }
 
 /// Revokes every session of the signed-in user; returns how many were live.
@@ -220,6 +234,7 @@ pub async fn logout_all(state: &AppState, identity: &Identity) -> AppResult<i64>
     let actor = identity.actor()?;
     let mut conn = state.pool.get().await?;
     let n = model::revoke_user_sessions(&mut conn, &[actor.user_id], None, "logout all").await?;
+    state.identity_cache.forget(&[actor.user_id]);
     Ok(n as i64)
 }
 
@@ -274,6 +289,7 @@ pub async fn change_password(
         Ok::<_, AppError>(())
     })
     .await?;
+    state.identity_cache.forget(&[user.id]);
     tracing::info!(user_id = %user.id, "password changed");
     Ok(())
 }

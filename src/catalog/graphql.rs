@@ -231,8 +231,9 @@ impl Loader<PlansOf> for CatalogLoader {
     }
 }
 
-/// Loads the plans and categories a page of services will show in one batch each
-/// (cached for the request), however long resolving the page's fields takes.
+/// Loads the plans and categories a page of services will show in one read each (from
+/// the public catalog in memory, or one query) and hands them to the request's loader,
+/// so the fields below find them without waiting for a batch.
 async fn prefetch(ctx: &Context<'_>, services: &[Service]) -> Result<()> {
     let look = ctx.look_ahead();
     let wants = |field: &str| {
@@ -240,19 +241,24 @@ async fn prefetch(ctx: &Context<'_>, services: &[Service]) -> Result<()> {
             || look.field("nodes").field(field).exists()
     };
     let loader = ctx.data_unchecked::<CatalogDataLoader>();
-    if wants("plans") {
+    if wants("plans") && !services.is_empty() {
+        let ids: Vec<Uuid> = services.iter().map(|s| s.id).collect();
+        let mut plans = service::plans_of_services(ctx.state(), ctx.identity(), &ids).await?;
         loader
-            .load_many(services.iter().map(|s| PlansOf(s.id)))
-            .await?;
-    }
-    if wants("category") {
-        loader
-            .load_many(
-                services
-                    .iter()
-                    .filter_map(|s| s.category_id.map(CategoryKey)),
+            .feed_many(
+                ids.iter()
+                    .map(|id| (PlansOf(*id), plans.remove(id).unwrap_or_default())),
             )
-            .await?;
+            .await;
+    }
+    let mut category_ids: Vec<Uuid> = services.iter().filter_map(|s| s.category_id).collect();
+    category_ids.sort_unstable();
+    category_ids.dedup();
+    if wants("category") && !category_ids.is_empty() {
+        let found = service::categories_by_ids(ctx.state(), ctx.identity(), &category_ids).await?;
+        loader
+            .feed_many(found.into_iter().map(|c| (CategoryKey(c.id), c)))
+            .await;
     }
     Ok(())
 }

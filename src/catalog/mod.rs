@@ -1,5 +1,6 @@
 //! The catalog: what customers can buy (services and their plans, by category).
 
+pub mod cache;
 pub mod graphql;
 pub mod model;
 pub mod service;

@@ -227,6 +227,15 @@ pub async fn list_services(
         .await
 }
 
+/// The whole filtered list, newest first (for the public catalog's snapshot).
+pub async fn all_services(conn: &mut Conn, filter: &ServiceFilter) -> QueryResult<Vec<Service>> {
+    filtered_services(filter)
+        .order((services::created_at.desc(), services::id.desc()))
+        .select(Service::as_select())
+        .load(conn)
+        .await
+}
+
 pub async fn count_services(conn: &mut Conn, filter: &ServiceFilter) -> QueryResult<i64> {
     filtered_services(filter).count().get_result(conn).await
 }

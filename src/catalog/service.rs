@@ -1,18 +1,21 @@
 //! Catalog rules: who sees what, validation, and the administrators' changes (audited).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::cache::PublicCatalog;
 use super::model::{
     self, Category, CategoryChanges, Plan, PlanChanges, Service, ServiceChanges, ServiceFilter,
 };
 use crate::audit;
 use crate::auth::Identity;
+use crate::cache::Invalidated;
 use crate::error::{AppError, AppResult, FieldErrors, conflict_if_duplicate};
-use crate::pagination::{Page, PageArgs};
+use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
 
 pub const PLAN_TYPES: [&str; 4] = ["BASIC", "STANDARD", "PREMIUM", "ENTERPRISE"];
@@ -133,9 +136,52 @@ fn is_env_name(s: &str) -> bool {
 
 // ---- reading
 
-pub async fn categories(state: &AppState, identity: &Identity) -> AppResult<Vec<Category>> {
+/// The public catalog from memory (loaded when missing); `None` when caching is off.
+async fn public_catalog(state: &AppState) -> AppResult<Option<Arc<PublicCatalog>>> {
+    let cache = &state.catalog_cache;
+    if let Some(catalog) = cache.current() {
+        return Ok(Some(catalog));
+    }
+    let _one_load = cache.loading.lock().await;
+    if let Some(catalog) = cache.current() {
+        return Ok(Some(catalog));
+    }
+    let Some(ticket) = cache.ticket() else {
+        return Ok(None);
+    };
     let mut conn = state.pool.get().await?;
-    Ok(model::categories(&mut conn, identity.is_admin()).await?)
+    let visible = ServiceFilter {
+        customer_view: true,
+        ..Default::default()
+    };
+    let services = model::all_services(&mut conn, &visible).await?;
+    let ids: Vec<Uuid> = services.iter().map(|s| s.id).collect();
+    let mut plans: HashMap<Uuid, Vec<Plan>> = ids.iter().map(|id| (*id, Vec::new())).collect();
+    for plan in model::plans_of_services(&mut conn, &ids).await? {
+        plans.entry(plan.service_id).or_default().push(plan);
+    }
+    let categories = model::categories(&mut conn, true).await?;
+    let catalog = Arc::new(PublicCatalog {
+        services,
+        plans,
+        categories,
+    });
+    cache.store(ticket, catalog.clone());
+    Ok(Some(catalog))
+}
+
+pub async fn categories(state: &AppState, identity: &Identity) -> AppResult<Vec<Category>> {
+    let admin = identity.is_admin();
+    if let Some(catalog) = public_catalog(state).await? {
+        return Ok(catalog
+            .categories
+            .iter()
+            .filter(|c| c.is_active || admin)
+            .cloned()
+            .collect());
+    }
+    let mut conn = state.pool.get().await?;
+    Ok(model::categories(&mut conn, admin).await?)
 }
 
 pub struct ServiceQuery {
@@ -151,6 +197,13 @@ pub async fn services(
     query: ServiceQuery,
     page: PageArgs,
 ) -> AppResult<Page<Service>> {
+    // Searches stay in the database, which defines what ILIKE matches.
+    if !identity.is_admin()
+        && query.search.is_none()
+        && let Some(catalog) = public_catalog(state).await?
+    {
+        return Ok(catalog.page(query.category_slug.as_deref(), query.featured, &page));
+    }
     let mut conn = state.pool.get().await?;
     let mut filter = ServiceFilter {
         category_id: None,
@@ -161,11 +214,13 @@ pub async fn services(
     if let Some(slug) = query.category_slug {
         match model::category_by_slug(&mut conn, &slug).await? {
             Some(c) if c.is_active || identity.is_admin() => filter.category_id = Some(c.id),
-            _ => return Ok(Page::from_rows(Vec::new(), &page, 0)),
+            _ => return Ok(Page::from_rows(Vec::new(), &page, Total::known(0))),
         }
     }
     let rows = model::list_services(&mut conn, &filter, &page).await?;
-    let total = model::count_services(&mut conn, &filter).await?;
+    let total = Total::deferred(&state.pool, filter, |conn, filter| {
+        model::count_services(conn, filter).boxed()
+    });
     Ok(Page::from_rows(rows, &page, total))
 }
 
@@ -174,6 +229,17 @@ pub async fn service_by_slug(
     identity: &Identity,
     slug: &str,
 ) -> AppResult<Service> {
+    if !identity.is_admin()
+        && let Some(catalog) = public_catalog(state).await?
+    {
+        // The snapshot holds every service a customer may see.
+        return catalog
+            .services
+            .iter()
+            .find(|s| s.slug == slug)
+            .cloned()
+            .ok_or_else(|| AppError::not_found("service"));
+    }
     let mut conn = state.pool.get().await?;
     let service = model::service_by_slug(&mut conn, slug).await?;
     let visible = match &service {
@@ -196,15 +262,27 @@ pub async fn plans_of_services(
     identity: &Identity,
     service_ids: &[Uuid],
 ) -> AppResult<BTreeMap<Uuid, Vec<Plan>>> {
-    let mut conn = state.pool.get().await?;
     let admin = identity.is_admin();
+    let visible = |plans: Vec<Plan>| -> Vec<Plan> {
+        plans.into_iter().filter(|p| p.is_active || admin).collect()
+    };
+    if let Some(catalog) = state.catalog_cache.current()
+        && service_ids.iter().all(|id| catalog.plans.contains_key(id))
+    {
+        return Ok(service_ids
+            .iter()
+            .map(|id| (*id, visible(catalog.plans[id].clone())))
+            .collect());
+    }
+    let mut conn = state.pool.get().await?;
     let mut by_service: BTreeMap<Uuid, Vec<Plan>> = BTreeMap::new();
     for plan in model::plans_of_services(&mut conn, service_ids).await? {
-        if plan.is_active || admin {
-            by_service.entry(plan.service_id).or_default().push(plan);
-        }
+        by_service.entry(plan.service_id).or_default().push(plan);
     }
-    Ok(by_service)
+    Ok(by_service
+        .into_iter()
+        .map(|(id, plans)| (id, visible(plans)))
+        .collect())
 }
 
 /// Categories by id, for the DataLoader: customers see active ones only.
@@ -213,8 +291,22 @@ pub async fn categories_by_ids(
     identity: &Identity,
     ids: &[Uuid],
 ) -> AppResult<Vec<Category>> {
-    let mut conn = state.pool.get().await?;
-    let mut found = model::categories_by_ids(&mut conn, ids).await?;
+    let cached = state.catalog_cache.current().and_then(|catalog| {
+        let found: Vec<Category> = catalog
+            .categories
+            .iter()
+            .filter(|c| ids.contains(&c.id))
+            .cloned()
+            .collect();
+        (found.len() == ids.len()).then_some(found)
+    });
+    let mut found = match cached {
+        Some(found) => found,
+        None => {
+            let mut conn = state.pool.get().await?;
+            model::categories_by_ids(&mut conn, ids).await?
+        }
+    };
     found.retain(|c| c.is_active || identity.is_admin());
     Ok(found)
 }
@@ -227,6 +319,15 @@ pub fn operator_field<T>(identity: &Identity, value: T) -> AppResult<T> {
     } else {
         Err(AppError::Forbidden("administrators only".into()))
     }
+}
+
+/// After an administrator's change commits: this replica forgets the public catalog at
+/// once (the others hear the database's event).
+fn changed<T>(state: &AppState, result: AppResult<T>) -> AppResult<T> {
+    if result.is_ok() {
+        state.catalog_cache.clear();
+    }
+    result
 }
 
 // ---- administrators' changes
@@ -278,7 +379,7 @@ pub async fn create_category(
 ) -> AppResult<Category> {
     let actor = identity.admin()?;
     let changes = input.validate(true)?;
-    audit::audited(
+    let result = audit::audited(
         state,
         actor,
         "category.create",
@@ -294,7 +395,8 @@ pub async fn create_category(
             .boxed()
         },
     )
-    .await
+    .await;
+    changed(state, result)
 }
 
 pub async fn update_category(
@@ -305,7 +407,7 @@ pub async fn update_category(
 ) -> AppResult<Category> {
     let actor = identity.admin()?;
     let changes = input.validate(false)?;
-    audit::audited(
+    let result = audit::audited(
         state,
         actor,
         "category.update",
@@ -322,7 +424,8 @@ pub async fn update_category(
             .boxed()
         },
     )
-    .await
+    .await;
+    changed(state, result)
 }
 
 #[derive(Default)]
@@ -431,7 +534,7 @@ pub async fn create_service(
 ) -> AppResult<Service> {
     let actor = identity.admin()?;
     let changes = input.validate(true)?;
-    audit::audited(state, actor, "service.create", "Service", move |conn| {
+    let result = audit::audited(state, actor, "service.create", "Service", move |conn| {
         async move {
             let s = model::insert_service(conn, &changes)
                 .await
@@ -441,7 +544,8 @@ pub async fn create_service(
         }
         .boxed()
     })
-    .await
+    .await;
+    changed(state, result)
 }
 
 pub async fn update_service(
@@ -452,7 +556,7 @@ pub async fn update_service(
 ) -> AppResult<Service> {
     let actor = identity.admin()?;
     let changes = input.validate(false)?;
-    audit::audited(state, actor, "service.update", "Service", move |conn| {
+    let result = audit::audited(state, actor, "service.update", "Service", move |conn| {
         async move {
             let s = model::update_service(conn, id, &changes)
                 .await
@@ -464,7 +568,8 @@ pub async fn update_service(
         }
         .boxed()
     })
-    .await
+    .await;
+    changed(state, result)
 }
 
 #[derive(Default)]
@@ -568,7 +673,7 @@ pub async fn create_plan(
 ) -> AppResult<Plan> {
     let actor = identity.admin()?;
     let changes = input.validate(true)?;
-    audit::audited(state, actor, "plan.create", "ServicePlan", move |conn| {
+    let result = audit::audited(state, actor, "plan.create", "ServicePlan", move |conn| {
         async move {
             let service_id = changes.service_id.expect("validated");
             model::service(conn, service_id)
@@ -583,7 +688,8 @@ pub async fn create_plan(
         }
         .boxed()
     })
-    .await
+    .await;
+    changed(state, result)
 }
 
 pub async fn update_plan(
@@ -594,7 +700,7 @@ pub async fn update_plan(
 ) -> AppResult<Plan> {
     let actor = identity.admin()?;
     let changes = input.validate(false)?;
-    audit::audited(state, actor, "plan.update", "ServicePlan", move |conn| {
+    let result = audit::audited(state, actor, "plan.update", "ServicePlan", move |conn| {
         async move {
             let p = model::update_plan(conn, id, &changes)
                 .await
@@ -610,14 +716,15 @@ pub async fn update_plan(
         }
         .boxed()
     })
-    .await
+    .await;
+    changed(state, result)
 }
 
 /// Deletes a plan nobody holds. A plan with live subscriptions is deactivated instead
 /// (CONFLICT); subscriptions keep the price they were sold at until their next renewal.
 pub async fn delete_plan(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<()> {
     let actor = identity.admin()?;
-    audit::audited(state, actor, "plan.delete", "ServicePlan", move |conn| {
+    let result = audit::audited(state, actor, "plan.delete", "ServicePlan", move |conn| {
         async move {
             let plan = model::plan(conn, id)
                 .await?
@@ -634,7 +741,8 @@ pub async fn delete_plan(state: &AppState, identity: &Identity, id: Uuid) -> App
         }
         .boxed()
     })
-    .await
+    .await;
+    changed(state, result)
 }
 
 #[cfg(test)]

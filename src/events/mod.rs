@@ -1,39 +1,55 @@
 //! Live events. Publishing is a `pg_notify` inside the publisher's transaction, so an
 //! event exists only once its change has committed; every replica (this one included)
 //! LISTENs and fans events out to its in-process subscribers.
+//!
+//! A transport only: a message is a topic and a JSON payload, `{"topic": ..., "payload": ...}`
+//! on the wire. Each domain defines its topics, payload types and who may receive them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
-use uuid::Uuid;
 
 use crate::db::Conn;
-use crate::nodes::model::NodeStatus;
 
 pub const CHANNEL: &str = "podium_events";
 
+/// One event: its topic and its payload.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(tag = "type", rename_all = "camelCase")]
-pub enum Event {
-    #[serde(rename_all = "camelCase")]
-    WorkerNodeStatusChanged {
-        node_id: Uuid,
-        previous_status: NodeStatus,
-        status: NodeStatus,
-        at: DateTime<Utc>,
-    },
+pub struct Message {
+    pub topic: String,
+    pub payload: serde_json::Value,
 }
 
-/// Queues `event` for delivery when the surrounding transaction commits (immediately
-/// outside one). Payloads stay far below PostgreSQL's 8000-byte limit.
-pub async fn publish(conn: &mut Conn, event: &Event) -> diesel::QueryResult<()> {
-    let payload = serde_json::to_string(event).expect("events serialize");
+impl Message {
+    /// The payload as a `T`, if the message is on `topic` (and reads as one).
+    pub fn decode<T: DeserializeOwned>(&self, topic: &str) -> Option<T> {
+        if self.topic != topic {
+            return None;
+        }
+        serde_json::from_value(self.payload.clone())
+            .inspect_err(|e| tracing::warn!(topic, error = %e, "ignoring an unreadable event"))
+            .ok()
+    }
+}
+
+/// Queues an event on `topic` for delivery when the surrounding transaction commits
+/// (immediately outside one). Payloads stay far below PostgreSQL's 8000-byte limit.
+pub async fn publish(
+    conn: &mut Conn,
+    topic: &str,
+    payload: &impl Serialize,
+) -> diesel::QueryResult<()> {
+    let payload = serde_json::to_string(&Message {
+        topic: topic.to_string(),
+        payload: serde_json::to_value(payload).expect("events serialize"),
+    })
+    .expect("events serialize");
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(CHANNEL)
         .bind::<Text, _>(payload)
@@ -45,7 +61,7 @@ pub async fn publish(conn: &mut Conn, event: &Event) -> diesel::QueryResult<()> 
 /// In-process fan-out of the events this replica hears.
 #[derive(Clone)]
 pub struct EventBus {
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Message>>,
     listening: watch::Receiver<bool>,
     listening_tx: Arc<watch::Sender<bool>>,
 }
@@ -63,7 +79,7 @@ impl Default for EventBus {
 }
 
 impl EventBus {
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Message>> {
         self.tx.subscribe()
     }
 
@@ -72,13 +88,19 @@ impl EventBus {
         self.tx.receiver_count()
     }
 
-    pub fn deliver(&self, event: Event) {
+    pub fn deliver(&self, message: Message) {
         // No subscribers is fine.
-        let _ = self.tx.send(Arc::new(event));
+        let _ = self.tx.send(Arc::new(message));
     }
 
     pub fn is_listening(&self) -> bool {
         *self.listening.borrow()
+    }
+
+    /// Whether the LISTEN connection is up, as it changes: while it is down, events
+    /// committed elsewhere are missed.
+    pub fn listening(&self) -> watch::Receiver<bool> {
+        self.listening.clone()
     }
 
     /// Waits until the LISTEN connection is up (bounded), so that nothing committed after
@@ -135,8 +157,8 @@ impl EventBus {
             };
             match next {
                 Some(Some(Ok(notification))) => {
-                    match serde_json::from_str::<Event>(&notification.payload) {
-                        Ok(event) => self.deliver(event),
+                    match serde_json::from_str::<Message>(&notification.payload) {
+                        Ok(message) => self.deliver(message),
                         Err(e) => tracing::warn!(error = %e, "ignoring an unreadable event"),
                     }
                 }

@@ -8,16 +8,14 @@ pub mod socket;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
 use async_graphql::dataloader::{DataLoader, HashMapCache};
-use async_graphql::{
-    Context, ID, MergedObject, MergedSubscription, OutputType, Schema, SimpleObject,
-};
+use async_graphql::{Context, ID, MergedObject, MergedSubscription, Object, OutputType, Schema};
 use uuid::Uuid;
 
 use crate::auth::Identity;
 use crate::catalog::graphql::{CatalogDataLoader, CatalogLoader};
 use crate::config::Settings;
 use crate::error::{AppError, AppResult};
-use crate::pagination::{Cursor, Page};
+use crate::pagination::{Cursor, Page, Total};
 use crate::state::{AppState, ClientInfo};
 use crate::users::graphql::UserLoader;
 
@@ -154,10 +152,15 @@ pub fn parse_id(field: &str, id: &ID) -> AppResult<Uuid> {
         .map_err(|_| AppError::field(field, "is not a valid ID"))
 }
 
-#[derive(SimpleObject)]
-pub struct TotalCount {
+/// The connection fields beyond edges and pageInfo.
+pub struct TotalCount(Total);
+
+#[Object]
+impl TotalCount {
     /// How many items the whole list holds, across all pages.
-    pub total_count: i64,
+    async fn total_count(&self) -> async_graphql::Result<i64> {
+        Ok(self.0.get().await?)
+    }
 }
 
 pub type PodiumConnection<N> = Connection<String, N, TotalCount, EmptyFields>;
@@ -168,13 +171,8 @@ pub fn connection<T, N: OutputType>(
     cursor: impl Fn(&T) -> Cursor,
     node: impl Fn(T) -> N,
 ) -> PodiumConnection<N> {
-    let mut conn = Connection::with_additional_fields(
-        false,
-        page.has_next_page,
-        TotalCount {
-            total_count: page.total_count,
-        },
-    );
+    let mut conn =
+        Connection::with_additional_fields(false, page.has_next_page, TotalCount(page.total));
     conn.edges.extend(
         page.items
             .into_iter()

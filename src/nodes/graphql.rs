@@ -7,7 +7,6 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::model::{NodeChanges, NodeFilter, NodeStatus, Report, WorkerNode};
 use super::service::{self, NodeInput};
-use crate::events::Event;
 use crate::graphql::{ContextExt, PodiumConnection, connection, parse_id};
 use crate::pagination::PageArgs;
 
@@ -500,20 +499,23 @@ impl NodesSubscription {
             (events, state, actor),
             |(mut events, state, actor)| async move {
                 loop {
-                    let event = match events.recv().await {
-                        Ok(event) => event,
+                    let message = match events.recv().await {
+                        Ok(message) => message,
                         Err(RecvError::Lagged(missed)) => {
                             tracing::warn!(missed, "a slow subscriber missed events");
                             continue;
                         }
                         Err(RecvError::Closed) => return None,
                     };
-                    let Event::WorkerNodeStatusChanged {
+                    let Some(service::StatusChanged {
                         node_id,
                         previous_status,
                         status,
                         at,
-                    } = *event;
+                    }) = message.decode(service::STATUS_TOPIC)
+                    else {
+                        continue;
+                    };
                     // Whoever was demoted, deactivated or signed out since subscribing hears no more.
                     let node = match service::node_for_subscriber(&state, &actor, node_id).await {
                         Ok(node) => node,

@@ -16,8 +16,8 @@ use crate::auth::{Actor, Identity, identity, new_opaque_token, token_hash};
 use crate::catalog::service::Checks;
 use crate::db::Conn;
 use crate::error::{AppError, AppResult, conflict_if_duplicate};
-use crate::events::{self, Event};
-use crate::pagination::{Page, PageArgs};
+use crate::events;
+use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
 
 #[derive(Default, Clone)]
@@ -117,7 +117,9 @@ pub async fn list(
     filter.stale_after = stale_after(state);
     let mut conn = state.pool.get().await?;
     let rows = model::list(&mut conn, &filter, &page).await?;
-    let total = model::count(&mut conn, &filter).await?;
+    let total = Total::deferred(&state.pool, filter, |conn, filter| {
+        model::count(conn, filter).boxed()
+    });
     Ok(Page::from_rows(rows, &page, total))
 }
 
@@ -330,20 +332,29 @@ pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResul
     Ok(())
 }
 
+/// The live event of a worker node's status transition, on [`STATUS_TOPIC`].
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusChanged {
+    pub node_id: Uuid,
+    pub previous_status: NodeStatus,
+    pub status: NodeStatus,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+pub const STATUS_TOPIC: &str = "nodes.status";
+
 /// Publishes each status change (delivered when the transaction commits).
 pub async fn publish_changes(conn: &mut Conn, changes: &[StatusChange]) -> diesel::QueryResult<()> {
     let at = chrono::Utc::now();
     for change in changes.iter().filter(|c| c.previous_status != c.status) {
-        events::publish(
-            conn,
-            &Event::WorkerNodeStatusChanged {
-                node_id: change.id,
-                previous_status: change.previous_status,
-                status: change.status,
-                at,
-            },
-        )
-        .await?;
+        let event = StatusChanged {
+            node_id: change.id,
+            previous_status: change.previous_status,
+            status: change.status,
+            at,
+        };
+        events::publish(conn, STATUS_TOPIC, &event).await?;
     }
     Ok(())
 }

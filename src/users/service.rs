@@ -15,7 +15,7 @@ use crate::auth::model as sessions;
 use crate::auth::{Identity, password};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult, conflict_if_duplicate};
-use crate::pagination::{Page, PageArgs};
+use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
 
 /// What a duplicate email conflicts with (registration, creation, updates).
@@ -108,6 +108,10 @@ impl UserUpdate {
 
 pub async fn me(state: &AppState, identity: &Identity) -> AppResult<User> {
     let actor = identity.actor()?;
+    // Judging the request just read (or found) this row.
+    if let Some(user) = state.identity_cache.user(actor.user_id) {
+        return Ok(User::clone(&user));
+    }
     let mut conn = state.pool.get().await?;
     model::find(&mut conn, actor.user_id)
         .await?
@@ -127,9 +131,11 @@ pub async fn update_profile(
     .normalized();
     update.validate()?;
     let mut conn = state.pool.get().await?;
-    model::update(&mut conn, actor.user_id, &update.changes())
+    let user = model::update(&mut conn, actor.user_id, &update.changes())
         .await?
-        .ok_or_else(AppError::unauthenticated)
+        .ok_or_else(AppError::unauthenticated)?;
+    state.identity_cache.forget(&[actor.user_id]);
+    Ok(user)
 }
 
 pub async fn list(
@@ -141,7 +147,9 @@ pub async fn list(
     identity.admin()?;
     let mut conn = state.pool.get().await?;
     let rows = model::list(&mut conn, &filter, &page).await?;
-    let total = model::count(&mut conn, &filter).await?;
+    let total = Total::deferred(&state.pool, filter, |conn, filter| {
+        model::count(conn, filter).boxed()
+    });
     Ok(Page::from_rows(rows, &page, total))
 }
 
@@ -200,7 +208,7 @@ pub async fn update(
     let actor = identity.admin()?;
     let update = update.normalized();
     update.validate()?;
-    audit::audited(state, actor, "user.update", "User", move |conn| {
+    let result = audit::audited(state, actor, "user.update", "User", move |conn| {
         async move {
             lock_admin_set(conn).await?;
             let user = model::update(conn, id, &update.changes())
@@ -215,7 +223,8 @@ pub async fn update(
         }
         .boxed()
     })
-    .await
+    .await;
+    forget(state, &[id], result)
 }
 
 pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<()> {
@@ -225,7 +234,7 @@ pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResul
             "you cannot delete your own account".into(),
         ));
     }
-    audit::audited(state, actor, "user.delete", "User", move |conn| {
+    let result = audit::audited(state, actor, "user.delete", "User", move |conn| {
         async move {
             lock_admin_set(conn).await?;
             let user = model::find(conn, id)
@@ -237,7 +246,8 @@ pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResul
         }
         .boxed()
     })
-    .await
+    .await;
+    forget(state, &[id], result)
 }
 
 /// Applies one change to many users, all or nothing; returns how many were updated.
@@ -258,7 +268,8 @@ pub async fn bulk_update(
     if role.is_none() && is_active.is_none() {
         return Err(AppError::field("input", "must change role or isActive"));
     }
-    audit::audited(state, actor, "user.bulk_update", "User", move |conn| {
+    let forgotten = ids.clone();
+    let result = audit::audited(state, actor, "user.bulk_update", "User", move |conn| {
         async move {
             lock_admin_set(conn).await?;
             let changes = UserChanges {
@@ -284,7 +295,17 @@ pub async fn bulk_update(
         }
         .boxed()
     })
-    .await
+    .await;
+    forget(state, &forgotten, result)
+}
+
+/// After a change to users commits: this replica forgets them at once, so their next
+/// request is judged by the new state (the others hear the database's event).
+fn forget<T>(state: &AppState, ids: &[Uuid], result: AppResult<T>) -> AppResult<T> {
+    if result.is_ok() {
+        state.identity_cache.forget(ids);
+    }
+    result
 }
 
 /// Loads users by id (for the DataLoader): administrators see anyone, others only themselves.

@@ -2,6 +2,7 @@
 
 mod auth;
 mod binary;
+mod caching;
 mod catalog;
 mod cost;
 mod helpers;

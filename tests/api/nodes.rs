@@ -599,7 +599,7 @@ async fn heartbeats_within_one_flush_interval_become_one_write() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_heartbeats_on_two_replicas_publish_every_transition_once_in_order() {
-    use podium::events::Event;
+    use podium::nodes::service::{STATUS_TOPIC, StatusChanged};
     let url = fresh_database(true).await;
     let a = spawn_app_on(&url, &[("PODIUM_JOBS_ENABLED", "false")]).await;
     let b = spawn_app_on(&url, &[("PODIUM_JOBS_ENABLED", "false")]).await;
@@ -659,14 +659,17 @@ async fn concurrent_heartbeats_on_two_replicas_publish_every_transition_once_in_
         let settled = chain.last().is_some_and(|(_, to)| *to == last);
         let wait = if settled { 500 } else { 10_000 };
         match tokio::time::timeout(Duration::from_millis(wait), events.recv()).await {
-            Ok(Ok(event)) => {
-                let Event::WorkerNodeStatusChanged {
+            Ok(Ok(message)) => {
+                let Some(StatusChanged {
                     node_id: n,
                     previous_status,
                     status,
                     ..
-                } = &*event;
-                if *n == node_id {
+                }) = message.decode(STATUS_TOPIC)
+                else {
+                    continue;
+                };
+                if n == node_id {
                     chain.push((
                         previous_status.as_str().to_string(),
                         status.as_str().to_string(),
