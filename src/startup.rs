@@ -131,7 +131,7 @@ async fn spawn_background(
             stopping.clone(),
         ),
     ];
-    // Keep the heartbeat path's view of node statuses current across replicas.
+    // Keep the heartbeat path's view of node statuses and tokens current across replicas.
     let mut events = state.events.subscribe();
     let heartbeats = state.heartbeats.clone();
     let mut stop = stopping.clone();
@@ -139,11 +139,7 @@ async fn spawn_background(
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    Ok(message) => {
-                        if let Some(change) = message.decode::<crate::nodes::service::StatusChanged>(crate::nodes::service::STATUS_TOPIC) {
-                            heartbeats.observe_status(change.node_id, change.status);
-                        }
-                    }
+                    Ok(message) => heartbeats.observe(&message),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return,
                 },

@@ -16,13 +16,15 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::model::{self, NodeStatus, Report, StatusChange};
-use super::service::publish_changes;
+use super::service::{STATUS_TOPIC, StatusChanged, TOKEN_TOPIC, TokenRevoked, publish_changes};
 use crate::auth::Identity;
 use crate::db::DbPool;
 use crate::error::{AppError, AppResult};
+use crate::events::Message;
 
-/// How often the token map is reloaded from the database: bounds how long a token
-/// rotated or deleted through another replica keeps working here.
+/// How often the token map is reloaded from the database. A token rotated or deleted
+/// through another replica is dropped here as soon as its event arrives; the reload is the
+/// fallback while the event listener is down.
 const TOKEN_RELOAD: Duration = Duration::from_secs(10);
 
 pub struct Ack {
@@ -39,6 +41,9 @@ pub struct Heartbeats {
     /// Heartbeats acknowledged, and reports written by flushes (for `/metrics`).
     pub accepted: AtomicU64,
     pub flushed: AtomicU64,
+    /// Bumped by every `forget`: a reload that read the database before a token was
+    /// revoked must not bring it back.
+    forgotten: AtomicU64,
 }
 
 /// What a report does to a status: readiness moves nodes in and out of ACTIVE;
@@ -261,8 +266,13 @@ impl Heartbeats {
 
     /// Replaces the token map and statuses with the database's.
     pub async fn reload(&self, pool: &DbPool) -> AppResult<usize> {
+        let generation = self.forgotten.load(Ordering::SeqCst);
         let mut conn = pool.get().await?;
         let nodes = model::all_tokens(&mut conn).await?;
+        if self.forgotten.load(Ordering::SeqCst) != generation {
+            // A revocation arrived meanwhile; the next reload reads after it.
+            return Ok(0);
+        }
         let n = nodes.len();
         let mut tokens = HashMap::with_capacity(n);
         let mut statuses = HashMap::with_capacity(n);
@@ -304,7 +314,18 @@ impl Heartbeats {
     }
 
     /// Drops what is cached of a node (its token was rotated or it was deleted).
+    /// Follows the nodes' live events from every replica: status changes, and tokens that
+    /// stopped working (rotated, or their node deleted), which are dropped at once.
+    pub fn observe(&self, message: &Message) {
+        if let Some(change) = message.decode::<StatusChanged>(STATUS_TOPIC) {
+            self.observe_status(change.node_id, change.status);
+        } else if let Some(revoked) = message.decode::<TokenRevoked>(TOKEN_TOPIC) {
+            self.forget(revoked.node_id);
+        }
+    }
+
     pub fn forget(&self, id: Uuid) {
+        self.forgotten.fetch_add(1, Ordering::SeqCst);
         self.tokens
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -275,8 +275,8 @@ pub async fn set_status(
     Ok(node)
 }
 
-/// Issues a new token; the old one stops working at once on this server (within the
-/// token map's reload interval on others).
+/// Issues a new token; the old one stops working at once on this server and, through the
+/// live event, within moments on the others.
 pub async fn rotate_token(
     state: &AppState,
     identity: &Identity,
@@ -294,6 +294,7 @@ pub async fn rotate_token(
                 if model::set_token(conn, id, &hash).await? == 0 {
                     return Err(AppError::not_found("worker node"));
                 }
+                events::publish(conn, TOKEN_TOPIC, &TokenRevoked { node_id: id }).await?;
                 let node = model::find(conn, id)
                     .await?
                     .ok_or_else(|| AppError::not_found("worker node"))?;
@@ -323,6 +324,7 @@ pub async fn delete(state: &AppState, identity: &Identity, id: Uuid) -> AppResul
                 )));
             }
             model::delete(conn, id).await?;
+            events::publish(conn, TOKEN_TOPIC, &TokenRevoked { node_id: id }).await?;
             Ok(((), Some(id), json!({ "name": node.name })))
         }
         .boxed()
@@ -343,6 +345,16 @@ pub struct StatusChanged {
 }
 
 pub const STATUS_TOPIC: &str = "nodes.status";
+
+/// A node's token stopped working (rotated, or the node deleted), on [`TOKEN_TOPIC`]:
+/// every replica drops it from its in-memory token map.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRevoked {
+    pub node_id: Uuid,
+}
+
+pub const TOKEN_TOPIC: &str = "nodes.token";
 
 /// Publishes each status change (delivered when the transaction commits).
 pub async fn publish_changes(conn: &mut Conn, changes: &[StatusChange]) -> diesel::QueryResult<()> {

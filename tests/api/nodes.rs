@@ -720,3 +720,54 @@ async fn the_node_agent_takes_the_graphql_url_and_explains_a_wrong_one() {
         "the agent should explain the 404: {said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_rotated_on_one_replica_is_refused_by_another_within_a_second() {
+    let url = fresh_database(true).await;
+    let a = spawn_app_on(&url, &[]).await;
+    let b = spawn_app_on(&url, &[]).await;
+    let admin = a.admin().await;
+    let (id, old) = register(&a, &admin.access, "rotated-elsewhere").await;
+    let (_, doomed) = register(&a, &admin.access, "deleted-elsewhere").await;
+    // B knows both tokens (its token map answers without the database from now on).
+    heartbeat(&b, &old, json!({ "isReady": true })).await.ok();
+    heartbeat(&b, &doomed, json!({ "isReady": false }))
+        .await
+        .ok();
+
+    a.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { rotateWorkerNodeToken(id: $id) { nodeToken } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    let doomed_id = b
+        .state
+        .heartbeats
+        .known_node(&podium::auth::token_hash(&doomed));
+    a.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { deleteWorkerNode(id: $id) }",
+        json!({ "id": doomed_id.unwrap().to_string() }),
+    )
+    .await
+    .ok();
+
+    // The token map reloads every 10 s; the event must beat it by far.
+    let started = Instant::now();
+    for token in [&old, &doomed] {
+        loop {
+            let r = heartbeat(&b, token, json!({ "isReady": true })).await;
+            if r.0.get("errors").is_some() {
+                assert_eq!(r.code(), "UNAUTHENTICATED", "{}", r.0);
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "replica B still accepts a revoked token"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
