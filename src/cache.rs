@@ -11,7 +11,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use crate::events::{EventBus, Message};
@@ -78,14 +77,16 @@ pub trait Invalidated: Send + Sync + 'static {
     fn clear(&self);
 }
 
-/// Applies the events this replica hears to `cache`, and clears it whenever the
-/// listener connects or disconnects, or when events were dropped (a lagging receiver).
+/// Applies the events this replica hears to `cache` as they arrive, before any subscriber
+/// hears them (so a subscription re-checking its caller sees every earlier change), and
+/// clears it whenever the listener connects or disconnects.
 pub fn spawn_invalidator<C: Invalidated>(
     cache: std::sync::Arc<C>,
     bus: &EventBus,
     mut stopping: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let mut events = bus.subscribe();
+    let observed = cache.clone();
+    bus.observe_first(move |message| observed.apply(message));
     let mut listening = bus.listening();
     tokio::spawn(async move {
         let reset = |up: bool| {
@@ -95,11 +96,6 @@ pub fn spawn_invalidator<C: Invalidated>(
         reset(*listening.borrow_and_update());
         loop {
             tokio::select! {
-                message = events.recv() => match message {
-                    Ok(message) => cache.apply(&message),
-                    Err(RecvError::Lagged(_)) => reset(*listening.borrow()),
-                    Err(RecvError::Closed) => return,
-                },
                 changed = listening.changed() => match changed {
                     Ok(()) => reset(*listening.borrow_and_update()),
                     Err(_) => return,

@@ -131,22 +131,12 @@ async fn spawn_background(
             stopping.clone(),
         ),
     ];
-    // Keep the heartbeat path's view of node statuses and tokens current across replicas.
-    let mut events = state.events.subscribe();
+    // Keep the heartbeat path's view of node statuses and tokens current across replicas,
+    // in event order and without lagging.
     let heartbeats = state.heartbeats.clone();
-    let mut stop = stopping.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Ok(message) => heartbeats.observe(&message),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return,
-                },
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
-    }));
+    state
+        .events
+        .observe_first(move |message| heartbeats.observe(message));
     // Rate limiters forget idle keys, so their memory follows the active clients only.
     let limits = state.limits.clone();
     let mut stop = stopping.clone();

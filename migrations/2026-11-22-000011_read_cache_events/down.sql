@@ -4,5 +4,6 @@ DROP TRIGGER service_categories_changed ON service_categories;
 DROP FUNCTION podium_catalog_changed();
 DROP TRIGGER sessions_deleted ON sessions;
 DROP TRIGGER sessions_revoked ON sessions;
+DROP TRIGGER users_truncated ON users;
 DROP TRIGGER users_identity_changed ON users;
 DROP FUNCTION podium_identity_changed();

@@ -24,9 +24,16 @@ BEGIN
 END
 $$;
 
+-- Not on last_login_at: every login would NOTIFY, and a commit that NOTIFYs takes a
+-- global lock (the replica that logged the user in forgets the row itself).
 CREATE TRIGGER users_identity_changed
-    AFTER UPDATE OR DELETE ON users
+    AFTER UPDATE OF name, email, password_hash, role, is_active, email_verified_at OR DELETE
+    ON users
     FOR EACH ROW EXECUTE FUNCTION podium_identity_changed();
+
+CREATE TRIGGER users_truncated
+    AFTER TRUNCATE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION podium_identity_changed();
 
 -- Not on last_used_at: a refresh touches its session and changes nothing cached.
 CREATE TRIGGER sessions_revoked

@@ -119,6 +119,8 @@ impl Invalidated for IdentityCache {
         match message.decode::<Changed>(TOPIC) {
             Some(Changed { user_id: Some(id) }) => self.forget(&[id]),
             Some(Changed { user_id: None }) => self.clear(),
+            // Ours but unreadable: fail closed.
+            None if message.topic == TOPIC => self.clear(),
             None => {}
         }
     }

@@ -58,12 +58,16 @@ pub async fn publish(
         .map(drop)
 }
 
+/// Sees every event before any subscriber does (see `EventBus::observe_first`).
+type Observer = Arc<dyn Fn(&Message) + Send + Sync>;
+
 /// In-process fan-out of the events this replica hears.
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Message>>,
     listening: watch::Receiver<bool>,
     listening_tx: Arc<watch::Sender<bool>>,
+    observers: Arc<std::sync::RwLock<Vec<Observer>>>,
 }
 
 impl Default for EventBus {
@@ -74,11 +78,23 @@ impl Default for EventBus {
             tx,
             listening,
             listening_tx: Arc::new(listening_tx),
+            observers: Arc::default(),
         }
     }
 }
 
 impl EventBus {
+    /// Runs `observer` on every event, in order, before any subscriber hears of it: what a
+    /// subscriber then reads from a cache already reflects every earlier change (a
+    /// demotion applied before the event that follows it), and an observer can't lag.
+    /// Observers must be quick and never block.
+    pub fn observe_first(&self, observer: impl Fn(&Message) + Send + Sync + 'static) {
+        self.observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(observer));
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Message>> {
         self.tx.subscribe()
     }
@@ -89,6 +105,14 @@ impl EventBus {
     }
 
     pub fn deliver(&self, message: Message) {
+        for observer in self
+            .observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            observer(&message);
+        }
         // No subscribers is fine.
         let _ = self.tx.send(Arc::new(message));
     }
@@ -139,6 +163,10 @@ impl EventBus {
 
     async fn listen_once(&self, url: &str) -> anyhow::Result<()> {
         let mut conn = AsyncPgConnection::establish(url).await?;
+        // Named, so that operators (and tests) can tell it from the pool's connections.
+        diesel::sql_query("SET application_name = 'podium-listener'")
+            .execute(&mut conn)
+            .await?;
         diesel::sql_query(format!("LISTEN {CHANNEL}"))
             .execute(&mut conn)
             .await?;
@@ -165,7 +193,15 @@ impl EventBus {
                 Some(Some(Err(e))) => return Err(e.into()),
                 Some(None) => anyhow::bail!("notification stream ended"),
                 None => {
-                    diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+                    // A half-open connection would hang here: give up and reconnect.
+                    tokio::time::timeout(
+                        Duration::from_secs(5),
+                        diesel::sql_query("SELECT 1").execute(&mut conn),
+                    )
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!("the event listener's health check timed out")
+                    })??;
                 }
             }
         }
