@@ -319,18 +319,6 @@ where
     eventually_within(what, Duration::from_secs(2), check).await
 }
 
-async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_missed_while_the_event_listener_was_down_is_not_served_from_memory() {
     let (app, other) = two_instances().await;
