@@ -61,6 +61,34 @@ async fn closed_with(ws: &mut Ws) -> u16 {
     }
 }
 
+/// Sends `query` `n` times on the socket; the error code of each answer ("OK" for none).
+async fn operation_codes(ws: &mut Ws, query: &str, n: usize) -> Vec<String> {
+    let mut codes = Vec::new();
+    for id in 0..n {
+        send(
+            ws,
+            json!({ "id": id.to_string(), "type": "subscribe", "payload": { "query": query } }),
+        )
+        .await;
+        loop {
+            match next(ws).await {
+                Next::Json(v) if v["type"] == "next" => {
+                    codes.push(
+                        v["payload"]["errors"][0]["extensions"]["code"]
+                            .as_str()
+                            .unwrap_or("OK")
+                            .to_string(),
+                    );
+                    break;
+                }
+                Next::Json(_) => {}
+                Next::Closed(code) => panic!("closed with {code}"),
+            }
+        }
+    }
+    codes
+}
+
 async fn create_admin(app: &TestApp, admin: &Session) -> (Session, String) {
     let email = format!("second-admin-{}@example.com", uuid::Uuid::new_v4().simple());
     app.gql(
@@ -218,25 +246,7 @@ async fn socket_operations_count_against_the_per_user_limit() {
     let app = spawn_app_with(&[("PODIUM_RATE_LIMIT_PER_USER", "3")]).await;
     let (user, _) = app.register("chatty").await;
     let mut ws = open_socket(&app, &user.access).await;
-    let mut codes = Vec::new();
-    for id in 0..5 {
-        send(&mut ws, json!({ "id": id.to_string(), "type": "subscribe", "payload": { "query": "{ me { email } }" } })).await;
-        loop {
-            match next(&mut ws).await {
-                Next::Json(v) if v["type"] == "next" => {
-                    codes.push(
-                        v["payload"]["errors"][0]["extensions"]["code"]
-                            .as_str()
-                            .unwrap_or("OK")
-                            .to_string(),
-                    );
-                    break;
-                }
-                Next::Json(_) => {}
-                Next::Closed(code) => panic!("closed with {code}"),
-            }
-        }
-    }
+    let codes = operation_codes(&mut ws, "{ me { email } }", 5).await;
     assert_eq!(
         codes,
         ["OK", "OK", "OK", "RATE_LIMITED", "RATE_LIMITED"],
@@ -301,24 +311,6 @@ async fn socket_operations_count_against_the_per_address_limit() {
         Next::Json(v) => assert_eq!(v["type"], "connection_ack", "{v}"),
         Next::Closed(code) => panic!("closed with {code}"),
     }
-    let mut codes = Vec::new();
-    for id in 0..5 {
-        send(&mut ws, json!({ "id": id.to_string(), "type": "subscribe", "payload": { "query": "{ __typename }" } })).await;
-        loop {
-            match next(&mut ws).await {
-                Next::Json(v) if v["type"] == "next" => {
-                    codes.push(
-                        v["payload"]["errors"][0]["extensions"]["code"]
-                            .as_str()
-                            .unwrap_or("OK")
-                            .to_string(),
-                    );
-                    break;
-                }
-                Next::Json(_) => {}
-                Next::Closed(code) => panic!("closed with {code}"),
-            }
-        }
-    }
+    let codes = operation_codes(&mut ws, "{ __typename }", 5).await;
     assert_eq!(codes, ["OK", "OK", "OK", "RATE_LIMITED", "RATE_LIMITED"]);
 }
