@@ -120,81 +120,14 @@ async fn run(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(bench.concurrency)
         .build()?;
-    let tokens = Arc::new(
-        tokens
-            .into_iter()
-            .map(|t| format!("Bearer {t}"))
-            .collect::<Vec<_>>(),
-    );
-    let next = Arc::new(AtomicUsize::new(0));
-    let recording = Arc::new(AtomicBool::new(false));
-    let warmup = Duration::from_secs(1);
-    let started = Instant::now();
-    let stop_at = started + warmup + Duration::from_secs(bench.seconds);
-
-    let workers: Vec<_> = (0..bench.concurrency)
-        .map(|_| {
-            let (client, tokens, next, recording, address) = (
-                client.clone(),
-                tokens.clone(),
-                next.clone(),
-                recording.clone(),
-                address.clone(),
-            );
-            tokio::spawn(async move {
-                let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
-                let mut errors = 0usize;
-                while Instant::now() < stop_at {
-                    let i = next.fetch_add(1, Ordering::Relaxed) % tokens.len();
-                    let t0 = Instant::now();
-                    let ok = match client
-                        .post(&address)
-                        .header("authorization", &tokens[i])
-                        .header("content-type", "application/json")
-                        .body(BODY)
-                        .send()
-                        .await
-                    {
-                        Ok(resp) => resp
-                            .bytes()
-                            .await
-                            .is_ok_and(|b| !b.windows(8).any(|w| w == b"\"errors\"")),
-                        Err(_) => false,
-                    };
-                    if AtomicBool::load(&recording, Ordering::Relaxed) {
-                        if ok {
-                            latencies.push(t0.elapsed().as_micros() as u32);
-                        } else {
-                            errors += 1;
-                        }
-                    }
-                }
-                (latencies, errors)
-            })
-        })
-        .collect();
-    tokio::time::sleep(warmup).await;
-    recording.store(true, Ordering::Relaxed);
-    let measured_from = Instant::now();
-    let written_after = chrono::Utc::now();
-
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for w in workers {
-        let (l, e) = w.await?;
-        latencies.extend(l);
-        errors += e;
-    }
-    let elapsed = measured_from.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        if latencies.is_empty() {
-            0.0
-        } else {
-            latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64
-                / 1000.0
-        }
-    };
+    let measured = load(
+        &client,
+        &address,
+        (bench.concurrency, bench.seconds),
+        BODY.to_string(),
+        tokens.iter().map(|t| format!("Bearer {t}")).collect(),
+    )
+    .await;
 
     // Every acknowledged report is in the database within a flush interval.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -205,20 +138,21 @@ async fn run(
     }
     let written: Written =
         diesel::sql_query("SELECT count(*) AS n FROM worker_nodes WHERE last_heartbeat >= $1")
-            .bind::<diesel::sql_types::Timestamptz, _>(written_after)
+            .bind::<diesel::sql_types::Timestamptz, _>(measured.since)
             .get_result(&mut conn)
             .await?;
     drop(conn);
     handle.stop(true).await;
     let _ = server.await;
 
+    let latencies = &measured.latencies;
     Ok(BenchReport {
         heartbeats: latencies.len(),
-        errors,
-        per_second: latencies.len() as f64 / elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: latencies.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        errors: measured.errors,
+        per_second: latencies.len() as f64 / measured.seconds,
+        p50_ms: percentile(latencies, 0.50),
+        p99_ms: percentile(latencies, 0.99),
+        max_ms: percentile(latencies, 1.0),
         written: written.n,
     })
 }
@@ -324,21 +258,22 @@ async fn run_api(
     ];
     let mut results = Vec::new();
     for (name, body, authorization) in scenarios {
-        let (latencies, errors, elapsed) = load(
+        let measured = load(
             &client,
             &address,
-            bench,
+            (bench.concurrency, bench.seconds),
             body,
-            authorization.map(str::to_string),
+            authorization.map(str::to_string).into_iter().collect(),
         )
         .await;
+        let latencies = &measured.latencies;
         results.push(Scenario {
             name,
             requests: latencies.len(),
-            errors,
-            per_second: latencies.len() as f64 / elapsed,
-            p50_ms: percentile(&latencies, 0.50),
-            p99_ms: percentile(&latencies, 0.99),
+            errors: measured.errors,
+            per_second: latencies.len() as f64 / measured.seconds,
+            p50_ms: percentile(latencies, 0.50),
+            p99_ms: percentile(latencies, 0.99),
         });
     }
     handle.stop(true).await;
@@ -358,27 +293,40 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-/// C clients send `body` in a loop: one second of warm-up, then S measured seconds.
-/// Returns the sorted latencies (µs) of the answers without errors, the error count,
-/// and the measured seconds.
+/// What one load run measured: sorted latencies (µs) of the answers without errors.
+struct Load {
+    latencies: Vec<u32>,
+    errors: usize,
+    /// Seconds measured (after the warm-up).
+    seconds: f64,
+    /// When measuring began.
+    since: chrono::DateTime<chrono::Utc>,
+}
+
+/// `concurrency` clients send `body` in a loop, each request with the next of
+/// `authorizations` in turn (none if empty): one second of warm-up, then `seconds`
+/// measured.
 async fn load(
     client: &reqwest::Client,
     address: &str,
-    bench: &ApiBench,
+    (concurrency, seconds): (usize, u64),
     body: String,
-    authorization: Option<String>,
-) -> (Vec<u32>, usize, f64) {
+    authorizations: Vec<String>,
+) -> Load {
+    let authorizations = Arc::new(authorizations);
+    let next = Arc::new(AtomicUsize::new(0));
     let recording = Arc::new(AtomicBool::new(false));
     let warmup = Duration::from_secs(1);
-    let stop_at = Instant::now() + warmup + Duration::from_secs(bench.seconds);
-    let workers: Vec<_> = (0..bench.concurrency)
+    let stop_at = Instant::now() + warmup + Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, recording, address, body, authorization) = (
+            let (client, recording, address, body, authorizations, next) = (
                 client.clone(),
                 recording.clone(),
                 address.to_string(),
                 body.clone(),
-                authorization.clone(),
+                authorizations.clone(),
+                next.clone(),
             );
             tokio::spawn(async move {
                 let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
@@ -389,8 +337,9 @@ async fn load(
                         .post(&address)
                         .header("content-type", "application/json")
                         .body(body.clone());
-                    if let Some(a) = &authorization {
-                        request = request.header("authorization", a);
+                    if !authorizations.is_empty() {
+                        let i = next.fetch_add(1, Ordering::Relaxed) % authorizations.len();
+                        request = request.header("authorization", &authorizations[i]);
                     }
                     let ok = match request.send().await {
                         Ok(resp) => {
@@ -417,6 +366,7 @@ async fn load(
     tokio::time::sleep(warmup).await;
     recording.store(true, Ordering::Relaxed);
     let measured_from = Instant::now();
+    let since = chrono::Utc::now();
     let mut latencies = Vec::new();
     let mut errors = 0;
     for w in workers {
@@ -425,7 +375,12 @@ async fn load(
             errors += e;
         }
     }
-    let elapsed = measured_from.elapsed().as_secs_f64();
+    let seconds = measured_from.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    (latencies, errors, elapsed)
+    Load {
+        latencies,
+        errors,
+        seconds,
+        since,
+    }
 }
