@@ -110,6 +110,8 @@ pub struct Settings {
     pub rate_limit_per_ip: u32,
     pub rate_limit_per_user: u32,
     pub rate_limit_per_node: u32,
+    /// WebSockets one client address may hold open at once.
+    pub ws_max_per_address: usize,
     pub rate_limit_window: Duration,
     pub login_max_failures_per_email: u32,
     pub login_max_attempts_per_ip: u32,
@@ -248,6 +250,7 @@ impl Settings {
             rate_limit_per_ip: env.positive("PODIUM_RATE_LIMIT_PER_IP", 600)?,
             rate_limit_per_user: env.positive("PODIUM_RATE_LIMIT_PER_USER", 300)?,
             rate_limit_per_node: env.positive("PODIUM_RATE_LIMIT_PER_NODE", 300)?,
+            ws_max_per_address: env.positive("PODIUM_WS_MAX_PER_ADDRESS", 200)?,
             rate_limit_window: Duration::from_secs(
                 env.positive("PODIUM_RATE_LIMIT_WINDOW_SECS", 60)?,
             ),

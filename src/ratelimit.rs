@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -171,6 +171,51 @@ impl FailureCounter {
     }
 }
 
+/// Open connections per key (WebSockets per client address), with a ceiling.
+#[derive(Default)]
+pub struct OpenCounts {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection; dropping it takes it off the count.
+pub struct Opened {
+    counts: Arc<OpenCounts>,
+    key: IpAddr,
+}
+
+impl OpenCounts {
+    /// Counts one more open connection for `key`, unless it has `max` already.
+    pub fn open(self: &Arc<Self>, key: IpAddr, max: usize) -> Option<Opened> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Opened {
+            counts: self.clone(),
+            key,
+        })
+    }
+
+    pub fn count(&self, key: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&key).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Every limiter the server uses.
 pub struct Limits {
     /// Requests per client address (nodes with a known token are counted per node instead).
@@ -187,6 +232,8 @@ pub struct Limits {
     pub login_failures_per_email: FailureCounter,
     /// Wrong current passwords given to `changePassword`, per user.
     pub password_failures_per_user: FailureCounter,
+    /// Open WebSockets per client address.
+    pub open_sockets: Arc<OpenCounts>,
 }
 
 impl Limits {
@@ -206,6 +253,7 @@ impl Limits {
                 s.login_max_failures_per_email,
                 s.login_window,
             ),
+            open_sockets: Arc::default(),
         }
     }
 

@@ -39,9 +39,20 @@ pub async fn graphql_ws(
     payload: web::Payload,
 ) -> actix_web::Result<HttpResponse> {
     let client = client_info(&req, &state.settings.trusted_proxies);
-    if let Err(wait) = state.limits.per_ip.hit(&address_key(client.ip)) {
+    let address = address_key(client.ip);
+    if let Err(wait) = state.limits.per_ip.hit(&address) {
         return Ok(error_response(AppError::rate_limited(wait)));
     }
+    // Each open socket holds memory and is re-judged every few seconds: bounded per address.
+    let Some(opened) = state
+        .limits
+        .open_sockets
+        .open(address, state.settings.ws_max_per_address)
+    else {
+        return Ok(error_response(AppError::rate_limited(
+            RECHECK_EVERY.as_secs(),
+        )));
+    };
     let protocol = req
         .headers()
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -61,7 +72,10 @@ pub async fn graphql_ws(
         client,
         credentials: Arc::default(),
     };
-    actix_web::rt::spawn(socket.serve(protocol, session, messages));
+    actix_web::rt::spawn(async move {
+        socket.serve(protocol, session, messages).await;
+        drop(opened);
+    });
     Ok(response)
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::*;
 use crate::subscriptions::{Ws, connect, send};
@@ -313,4 +314,33 @@ async fn socket_operations_count_against_the_per_address_limit() {
     }
     let codes = operation_codes(&mut ws, "{ __typename }", 5).await;
     assert_eq!(codes, ["OK", "OK", "OK", "RATE_LIMITED", "RATE_LIMITED"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_sockets_are_capped_per_address() {
+    let app = spawn_app_with(&[("PODIUM_WS_MAX_PER_ADDRESS", "2")]).await;
+    let url = format!("{}/graphql", app.address.replace("http://", "ws://"));
+    let handshake = || {
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        tokio_tungstenite::connect_async(req)
+    };
+    let first = connect(&app, "graphql-transport-ws").await;
+    let _second = connect(&app, "graphql-transport-ws").await;
+    match handshake().await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 429),
+        other => panic!(
+            "a third socket from one address was accepted: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // Closing one makes room.
+    drop(first);
+    eventually("a socket slot to free up", || async {
+        handshake().await.is_ok()
+    })
+    .await;
 }
