@@ -76,21 +76,10 @@ async fn on_scratch_database<T>(
     result
 }
 
-async fn run(
-    mut settings: Settings,
-    url: &str,
-    bench: &HeartbeatBench,
-) -> anyhow::Result<BenchReport> {
-    settings.database_url = Some(url.to_string().into());
-    settings.listen = "127.0.0.1:0".parse()?;
+async fn run(settings: Settings, url: &str, bench: &HeartbeatBench) -> anyhow::Result<BenchReport> {
     // The rate limits stay as configured (as shipped, by default): heartbeats of known
     // nodes are counted per node, so one load generator on one address is not throttled.
-    settings.jobs_enabled = false;
-    let app = Application::build(settings).await?;
-    let address = format!("http://127.0.0.1:{}/graphql", app.port());
-    let handle = app.handle();
-    let state = app.state().clone();
-    let server = tokio::spawn(app.run_until_stopped());
+    let (address, handle, state, server) = start_server(settings, url).await?;
 
     // Register the nodes in one statement, as a running fleet (ACTIVE and ready): the
     // steady state. A status change is a write of its own and not what this measures.
@@ -194,16 +183,9 @@ async fn run_api(
     url: &str,
     bench: &ApiBench,
 ) -> anyhow::Result<Vec<Scenario>> {
-    settings.database_url = Some(url.to_string().into());
-    settings.listen = "127.0.0.1:0".parse()?;
     settings.rate_limit_per_ip = API_BENCH_RATE_LIMIT;
     settings.rate_limit_per_user = API_BENCH_RATE_LIMIT;
-    settings.jobs_enabled = false;
-    let app = Application::build(settings).await?;
-    let address = format!("http://127.0.0.1:{}/graphql", app.port());
-    let handle = app.handle();
-    let state = app.state().clone();
-    let server = tokio::spawn(app.run_until_stopped());
+    let (address, handle, state, server) = start_server(settings, url).await?;
 
     // 20 public services with 3 active plans each, and one signed-in user.
     let mut conn = AsyncPgConnection::establish(url).await?;
@@ -291,6 +273,28 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
         return 0.0;
     }
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// A server for the benchmark on the scratch database `url`, on a free port, without
+/// job workers; returns its GraphQL URL, handle, state and task.
+async fn start_server(
+    mut settings: Settings,
+    url: &str,
+) -> anyhow::Result<(
+    String,
+    actix_web::dev::ServerHandle,
+    crate::state::AppState,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    settings.database_url = Some(url.to_string().into());
+    settings.listen = "127.0.0.1:0".parse()?;
+    settings.jobs_enabled = false;
+    let app = Application::build(settings).await?;
+    let address = format!("http://127.0.0.1:{}/graphql", app.port());
+    let handle = app.handle();
+    let state = app.state().clone();
+    let server = tokio::spawn(app.run_until_stopped());
+    Ok((address, handle, state, server))
 }
 
 /// What one load run measured: sorted latencies (µs) of the answers without errors.

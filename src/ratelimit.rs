@@ -49,14 +49,6 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
-
-    pub fn len(&self) -> usize {
-        self.limiter.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.limiter.is_empty()
-    }
 }
 
 /// The key a client address is limited by: IPv6 clients by their /64, since one host
@@ -196,11 +188,6 @@ impl OpenCounts {
             counts: self.clone(),
             key,
         })
-    }
-
-    pub fn count(&self, key: IpAddr) -> usize {
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.get(&key).copied().unwrap_or(0)
     }
 }
 

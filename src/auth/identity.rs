@@ -137,11 +137,6 @@ pub async fn judge(state: &AppState, credentials: &Credentials) -> AppResult<Ide
     })
 }
 
-/// Resolves an `Authorization` header value (`Bearer <token>`).
-pub async fn resolve(state: &AppState, authorization: Option<&str>) -> AppResult<Identity> {
-    judge(state, &credentials(state, authorization)).await
-}
-
 /// The user behind a session as they are now: none if deactivated or the session revoked.
 /// Long-lived subscriptions call it again before delivering each event. Served from
 /// memory when this replica has seen the pair since the last change to either (see

@@ -13,6 +13,7 @@ use podium::jobs::{DIAGNOSTIC_SLEEP, model};
 use serde_json::json;
 
 use crate::helpers::*;
+use crate::jobs::job_row;
 
 struct TempDir(PathBuf);
 
@@ -111,6 +112,19 @@ fn podium(data_dir: &Path, port: u16, log: &Path) -> Child {
     )
 }
 
+/// Registers `kept@example.com`: data a restart must keep.
+async fn register_kept(client: &reqwest::Client, port: u16) {
+    gql(
+        client,
+        port,
+        None,
+        "mutation { register(input: {name: \"Kept\", email: \"kept@example.com\", password: \"Password123\"}) { accessToken } }",
+        json!({}),
+    )
+    .await
+    .ok();
+}
+
 async fn wait_ready(client: &reqwest::Client, port: u16, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -206,15 +220,7 @@ async fn embedded_default_runs_with_nothing_set_and_keeps_data() {
     .ok()
     .str("login.accessToken");
     assert_eq!(user_count(&client, port, &admin).await, json!(2));
-    gql(
-        &client,
-        port,
-        None,
-        "mutation { register(input: {name: \"Kept\", email: \"kept@example.com\", password: \"Password123\"}) { accessToken } }",
-        json!({}),
-    )
-    .await
-    .ok();
+    register_kept(&client, port).await;
     stop(&mut child, libc::SIGINT);
     assert!(
         !data.join("postgres/postmaster.pid").exists(),
@@ -480,16 +486,6 @@ async fn a_bad_setting_is_named_at_start() {
     );
 }
 
-async fn job_row(conn: &mut diesel_async::AsyncPgConnection, id: uuid::Uuid) -> model::Job {
-    use podium::db::schema::jobs;
-    jobs::table
-        .find(id)
-        .select(model::Job::as_select())
-        .first(conn)
-        .await
-        .unwrap()
-}
-
 /// Polls the job until `done` holds for it, failing after `secs` with the server's log.
 async fn wait_for_job(
     conn: &mut diesel_async::AsyncPgConnection,
@@ -687,15 +683,7 @@ async fn embedded_postgres_orphaned_by_sigkill_is_taken_over_and_stopped_at_the_
         !environ.contains("PODIUM_") && !environ.contains(secret) && environ.contains("LC_ALL=C"),
         "PostgreSQL runs in a clean environment: {environ}"
     );
-    gql(
-        &client,
-        port,
-        None,
-        "mutation { register(input: {name: \"Kept\", email: \"kept@example.com\", password: \"Password123\"}) { accessToken } }",
-        json!({}),
-    )
-    .await
-    .ok();
+    register_kept(&client, port).await;
 
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();

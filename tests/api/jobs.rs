@@ -154,7 +154,7 @@ async fn insert_job(
     .id
 }
 
-async fn job_row(conn: &mut AsyncPgConnection, id: Uuid) -> model::Job {
+pub async fn job_row(conn: &mut AsyncPgConnection, id: Uuid) -> model::Job {
     use podium::db::schema::jobs;
     jobs::table
         .find(id)
