@@ -14,6 +14,61 @@ diesel::table! {
 }
 
 diesel::table! {
+    idempotency_keys (user_id, key) {
+        user_id -> Uuid,
+        key -> Text,
+        operation -> Text,
+        request_hash -> Bytea,
+        result -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    invoice_counters (year) {
+        year -> Int4,
+        last_number -> Int4,
+    }
+}
+
+diesel::table! {
+    invoice_lines (id) {
+        id -> Uuid,
+        invoice_id -> Uuid,
+        position -> Int4,
+        description -> Text,
+        quantity -> Int4,
+        unit_price -> Int8,
+        amount -> Int8,
+    }
+}
+
+diesel::table! {
+    invoices (id) {
+        id -> Uuid,
+        number -> Text,
+        year -> Int4,
+        sequence -> Int4,
+        user_id -> Uuid,
+        subscription_id -> Nullable<Uuid>,
+        status -> Text,
+        currency -> Text,
+        period_start -> Nullable<Timestamptz>,
+        period_end -> Nullable<Timestamptz>,
+        subtotal -> Int8,
+        tax -> Int8,
+        total -> Int8,
+        tax_name -> Nullable<Text>,
+        tax_rate_bp -> Int4,
+        purpose -> Text,
+        issued_at -> Timestamptz,
+        paid_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     jobs (id) {
         id -> Uuid,
         kind -> Text,
@@ -29,6 +84,15 @@ diesel::table! {
         finished_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         lease_expires_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    processed_webhook_events (provider, event_id) {
+        provider -> Text,
+        event_id -> Text,
+        event_type -> Text,
+        received_at -> Timestamptz,
     }
 }
 
@@ -67,6 +131,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    service_instances (id) {
+        id -> Uuid,
+        subscription_id -> Uuid,
+        user_id -> Uuid,
+        name -> Text,
+        subdomain -> Text,
+        node_id -> Nullable<Uuid>,
+        namespace -> Nullable<Text>,
+        desired_state -> Text,
+        status -> Text,
+        status_message -> Nullable<Text>,
+        public_url -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     service_plans (id) {
         id -> Uuid,
         service_id -> Uuid,
@@ -82,6 +164,32 @@ diesel::table! {
         max_instances_per_user -> Nullable<Int4>,
         sort_order -> Int4,
         is_active -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    service_subscriptions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        plan_id -> Uuid,
+        name -> Text,
+        status -> Text,
+        price -> Int8,
+        currency -> Text,
+        current_period_start -> Timestamptz,
+        current_period_end -> Timestamptz,
+        auto_renew -> Bool,
+        cancel_at_period_end -> Bool,
+        failed_charges -> Int4,
+        grace_until -> Nullable<Timestamptz>,
+        next_retry_at -> Nullable<Timestamptz>,
+        suspended_at -> Nullable<Timestamptz>,
+        suspended_by_admin -> Bool,
+        cancelled_at -> Nullable<Timestamptz>,
+        expired_at -> Nullable<Timestamptz>,
+        holds_quota -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }
@@ -122,6 +230,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    top_ups (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        amount -> Int8,
+        currency -> Text,
+        status -> Text,
+        payment_intent_id -> Nullable<Text>,
+        client_secret -> Nullable<Text>,
+        failure_message -> Nullable<Text>,
+        settled_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     users (id) {
         id -> Uuid,
         name -> Text,
@@ -131,6 +255,38 @@ diesel::table! {
         is_active -> Bool,
         email_verified_at -> Nullable<Timestamptz>,
         last_login_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    wallet_transactions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        #[sql_name = "type"]
+        type_ -> Text,
+        amount -> Int8,
+        currency -> Text,
+        balance_before -> Int8,
+        balance_after -> Int8,
+        reference -> Nullable<Text>,
+        description -> Text,
+        subscription_id -> Nullable<Uuid>,
+        invoice_id -> Nullable<Uuid>,
+        refund_of -> Nullable<Uuid>,
+        unique_key -> Nullable<Text>,
+        created_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    wallets (user_id) {
+        user_id -> Uuid,
+        currency -> Text,
+        balance -> Int8,
+        stripe_customer_id -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }
@@ -171,20 +327,42 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(idempotency_keys -> users (user_id));
+diesel::joinable!(invoice_lines -> invoices (invoice_id));
+diesel::joinable!(invoices -> service_subscriptions (subscription_id));
+diesel::joinable!(invoices -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
+diesel::joinable!(service_instances -> service_subscriptions (subscription_id));
+diesel::joinable!(service_instances -> users (user_id));
+diesel::joinable!(service_instances -> worker_nodes (node_id));
 diesel::joinable!(service_plans -> services (service_id));
+diesel::joinable!(service_subscriptions -> service_plans (plan_id));
+diesel::joinable!(service_subscriptions -> users (user_id));
 diesel::joinable!(services -> service_categories (category_id));
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(top_ups -> wallets (user_id));
+diesel::joinable!(wallet_transactions -> wallets (user_id));
+diesel::joinable!(wallets -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
+    idempotency_keys,
+    invoice_counters,
+    invoice_lines,
+    invoices,
     jobs,
+    processed_webhook_events,
     refresh_tokens,
     schedules,
     service_categories,
+    service_instances,
     service_plans,
+    service_subscriptions,
     services,
     sessions,
+    top_ups,
     users,
+    wallet_transactions,
+    wallets,
     worker_nodes,
 );

@@ -1,0 +1,10 @@
+DROP TABLE idempotency_keys;
+DROP TABLE invoice_lines;
+DROP TABLE invoices;
+DROP TABLE invoice_counters;
+DROP TABLE service_instances;
+DROP TABLE service_subscriptions;
+DROP TABLE processed_webhook_events;
+DROP TABLE top_ups;
+DROP TABLE wallet_transactions;
+DROP TABLE wallets;
