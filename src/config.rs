@@ -140,6 +140,36 @@ pub struct Settings {
     /// The longest an in-memory read (users, sessions, the public catalog) is trusted
     /// without an event; zero turns the caches off.
     pub cache_ttl: Duration,
+    pub billing: BillingSettings,
+}
+
+/// Money settings: Stripe, top-up limits, tax, and the billing cycle's schedule.
+#[derive(Clone, Debug)]
+pub struct BillingSettings {
+    /// `STRIPE_SECRET_KEY`; without it top-ups are off (administrators can still credit).
+    pub stripe_secret_key: Option<Secret>,
+    /// `STRIPE_WEBHOOK_SECRET`: verifies `Stripe-Signature` on `/webhooks/stripe`.
+    pub stripe_webhook_secret: Option<Secret>,
+    /// `STRIPE_API_BASE` (default `https://api.stripe.com`): localstripe in tests.
+    pub stripe_api_base: String,
+    /// Smallest and largest top-up, in minor units of the platform currency.
+    pub top_up_min: i64,
+    pub top_up_max: i64,
+    /// PENDING top-ups older than this are settled by asking Stripe.
+    pub top_up_reconcile_after: Duration,
+    pub top_up_reconcile_cron: String,
+    /// Tax on invoices, in basis points (1100 = 11 %), and its name on the invoice.
+    pub tax_rate_bp: i32,
+    pub tax_name: String,
+    pub renewal_cron: String,
+    pub dunning_cron: String,
+    /// Days after a failed renewal on which the charge is retried.
+    pub dunning_retry_days: Vec<u32>,
+    /// Days PAST_DUE before SUSPENDED, and days SUSPENDED before EXPIRED.
+    pub grace_days: u32,
+    pub expire_after_days: u32,
+    /// Live (not cancelled or expired) subscriptions one user may hold, over all plans.
+    pub max_subscriptions_per_user: i64,
 }
 
 impl Settings {
@@ -158,6 +188,15 @@ impl Settings {
             .collect());
         let listen: SocketAddr = env.parse("PODIUM_LISTEN", "127.0.0.1:8080".parse().unwrap())?;
         let jwt_secret = env.get("PODIUM_JWT_SECRET");
+        let default_currency = {
+            let c = env
+                .get("PODIUM_DEFAULT_CURRENCY")
+                .unwrap_or_else(|| "IDR".into());
+            crate::money::validate_currency("currency", &c).map_err(|_| ConfigError {
+                var: "PODIUM_DEFAULT_CURRENCY",
+                message: "must be a three-letter ISO 4217 code".into(),
+            })?
+        };
         if let Some(secret) = &jwt_secret
             && secret.len() < 32
         {
@@ -222,15 +261,6 @@ impl Settings {
             base_domain: env
                 .get("PODIUM_BASE_DOMAIN")
                 .unwrap_or_else(|| "apps.localhost".into()),
-            default_currency: {
-                let c = env
-                    .get("PODIUM_DEFAULT_CURRENCY")
-                    .unwrap_or_else(|| "IDR".into());
-                crate::money::validate_currency("currency", &c).map_err(|_| ConfigError {
-                    var: "PODIUM_DEFAULT_CURRENCY",
-                    message: "must be a three-letter ISO 4217 code".into(),
-                })?
-            },
             log_format,
             workers: env.positive("PODIUM_WORKERS", default_workers)?,
             db_pool_size: env.positive("PODIUM_DB_POOL_SIZE", 10)?,
@@ -280,6 +310,8 @@ impl Settings {
             job_prune_cron: env.cron("PODIUM_JOB_PRUNE_CRON", "0 23 * * * *")?,
             metrics_token: env.get("PODIUM_METRICS_TOKEN").map(Secret),
             cache_ttl: Duration::from_secs(env.parse("PODIUM_CACHE_TTL_SECS", 5)?),
+            billing: billing_settings(&env, &default_currency)?,
+            default_currency,
         })
     }
 
@@ -287,6 +319,76 @@ impl Settings {
     pub fn is_embedded(&self) -> bool {
         self.database_url.is_none()
     }
+}
+
+fn billing_settings(env: &Env, currency: &str) -> Result<BillingSettings, ConfigError> {
+    let top_up_min = env.money("PODIUM_TOP_UP_MIN", "10000", currency)?;
+    let top_up_max = env.money("PODIUM_TOP_UP_MAX", "10000000", currency)?;
+    if top_up_min <= 0 || top_up_max < top_up_min {
+        return Err(ConfigError {
+            var: "PODIUM_TOP_UP_MAX",
+            message: "PODIUM_TOP_UP_MIN must be positive and at most PODIUM_TOP_UP_MAX".into(),
+        });
+    }
+    let tax_rate_bp = match env.get("PODIUM_TAX_RATE_PERCENT") {
+        None => 0,
+        Some(raw) => {
+            let bp = crate::money::parse_amount("PODIUM_TAX_RATE_PERCENT", &raw, "USD")
+                .ok()
+                .filter(|bp| *bp <= 10_000)
+                .ok_or_else(|| ConfigError {
+                    var: "PODIUM_TAX_RATE_PERCENT",
+                    message: format!(
+                        "{raw:?} is not a percentage between 0 and 100 with at most two decimals"
+                    ),
+                })?;
+            bp as i32
+        }
+    };
+    let dunning_retry_days = match env.get("PODIUM_DUNNING_RETRY_DAYS") {
+        None => vec![1, 3, 5],
+        Some(raw) => {
+            let days: Result<Vec<u32>, _> = raw.split(',').map(|d| d.trim().parse()).collect();
+            match days {
+                Ok(days) if !days.is_empty() && days.windows(2).all(|w| w[0] < w[1]) => days,
+                _ => {
+                    return Err(ConfigError {
+                        var: "PODIUM_DUNNING_RETRY_DAYS",
+                        message: format!("{raw:?} is not a rising list of days such as 1,3,5"),
+                    });
+                }
+            }
+        }
+    };
+    let grace_days = env.positive("PODIUM_BILLING_GRACE_DAYS", 7)?;
+    if dunning_retry_days.last().is_some_and(|d| *d >= grace_days) {
+        return Err(ConfigError {
+            var: "PODIUM_DUNNING_RETRY_DAYS",
+            message: "every retry must fall within PODIUM_BILLING_GRACE_DAYS".into(),
+        });
+    }
+    Ok(BillingSettings {
+        stripe_secret_key: env.get("STRIPE_SECRET_KEY").map(Secret),
+        stripe_webhook_secret: env.get("STRIPE_WEBHOOK_SECRET").map(Secret),
+        stripe_api_base: env
+            .get("STRIPE_API_BASE")
+            .map(|u| u.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| "https://api.stripe.com".into()),
+        top_up_min,
+        top_up_max,
+        top_up_reconcile_after: Duration::from_secs(
+            env.positive("PODIUM_TOP_UP_RECONCILE_AFTER_SECS", 300)?,
+        ),
+        top_up_reconcile_cron: env.cron("PODIUM_TOP_UP_RECONCILE_CRON", "30 */5 * * * *")?,
+        tax_rate_bp,
+        tax_name: env.get("PODIUM_TAX_NAME").unwrap_or_else(|| "Tax".into()),
+        renewal_cron: env.cron("PODIUM_BILLING_RENEWAL_CRON", "0 * * * * *")?,
+        dunning_cron: env.cron("PODIUM_BILLING_DUNNING_CRON", "15 */10 * * * *")?,
+        dunning_retry_days,
+        grace_days,
+        expire_after_days: env.positive("PODIUM_BILLING_EXPIRE_AFTER_DAYS", 30)?,
+        max_subscriptions_per_user: env.positive("PODIUM_MAX_SUBSCRIPTIONS_PER_USER", 50)?,
+    })
 }
 
 struct Env(HashMap<String, String>);
@@ -307,6 +409,15 @@ impl Env {
                 message: format!("cannot parse {raw:?}: {e}"),
             }),
         }
+    }
+
+    /// An amount in major units of `currency` (e.g. "100000" or "19.99") -> minor units.
+    fn money(&self, var: &'static str, default: &str, currency: &str) -> Result<i64, ConfigError> {
+        let raw = self.get(var).unwrap_or_else(|| default.to_string());
+        crate::money::parse_amount(var, &raw, currency).map_err(|_| ConfigError {
+            var,
+            message: format!("{raw:?} is not an amount of {currency} such as 100000 or 19.99"),
+        })
     }
 
     /// Comma-separated CIDRs (a bare address is a /32 or /128).

@@ -22,7 +22,12 @@ pub enum AppError {
         fields: FieldErrors,
     },
     Conflict(String),
-    PaymentRequired(String),
+    /// The wallet is short: by `shortfall` minor units of `currency`.
+    PaymentRequired {
+        message: String,
+        shortfall: i64,
+        currency: String,
+    },
     RateLimited {
         retry_after_secs: u64,
     },
@@ -38,7 +43,7 @@ impl AppError {
             AppError::NotFound(_) => "NOT_FOUND",
             AppError::BadUserInput { .. } => "BAD_USER_INPUT",
             AppError::Conflict(_) => "CONFLICT",
-            AppError::PaymentRequired(_) => "PAYMENT_REQUIRED",
+            AppError::PaymentRequired { .. } => "PAYMENT_REQUIRED",
             AppError::RateLimited { .. } => "RATE_LIMITED",
             AppError::Internal(_) => "INTERNAL",
         }
@@ -51,7 +56,7 @@ impl AppError {
             | AppError::Forbidden(m)
             | AppError::NotFound(m)
             | AppError::Conflict(m)
-            | AppError::PaymentRequired(m) => m.clone(),
+            | AppError::PaymentRequired { message: m, .. } => m.clone(),
             AppError::BadUserInput { message, .. } => message.clone(),
             AppError::RateLimited { retry_after_secs } => {
                 format!("too many requests, retry in {retry_after_secs} s")
@@ -83,6 +88,22 @@ impl AppError {
         AppError::BadUserInput {
             message: format!("{field}: {message}"),
             fields: BTreeMap::from([(field.to_string(), vec![message])]),
+        }
+    }
+
+    /// The wallet holds `balance` but `needed` is due.
+    pub fn payment_required(needed: i64, balance: i64, currency: &str) -> Self {
+        let shortfall = needed - balance;
+        let show = |minor| crate::money::format_amount(minor, currency);
+        AppError::PaymentRequired {
+            message: format!(
+                "your wallet holds {} {currency} but {} {currency} is due: top up at least {} {currency}",
+                show(balance),
+                show(needed),
+                show(shortfall)
+            ),
+            shortfall,
+            currency: currency.to_string(),
         }
     }
 
@@ -179,6 +200,24 @@ impl ErrorExtensions for AppError {
                 }
                 AppError::RateLimited { retry_after_secs } => {
                     ext.set("retryAfter", *retry_after_secs)
+                }
+                AppError::PaymentRequired {
+                    shortfall,
+                    currency,
+                    ..
+                } => {
+                    let mut money = async_graphql::indexmap::IndexMap::new();
+                    money.insert(
+                        async_graphql::Name::new("amount"),
+                        async_graphql::Value::from(crate::money::format_amount(
+                            *shortfall, currency,
+                        )),
+                    );
+                    money.insert(
+                        async_graphql::Name::new("currency"),
+                        async_graphql::Value::from(currency.as_str()),
+                    );
+                    ext.set("shortfall", async_graphql::Value::Object(money));
                 }
                 _ => {}
             }

@@ -63,6 +63,7 @@ impl Application {
             identity_cache: Arc::new(IdentityCache::new(settings.cache_ttl)),
             catalog_cache: Arc::new(CatalogCache::new(settings.cache_ttl)),
             settings: Arc::new(settings),
+            clock: Default::default(),
         };
         let (shutdown, stopping) = watch::channel(false);
         let background = spawn_background(&state, &url, stopping).await;

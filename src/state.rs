@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::auth::cache::IdentityCache;
 use crate::auth::jwt::JwtKeys;
 use crate::catalog::cache::CatalogCache;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::db::{DbPool, QueryCounter};
 use crate::events::EventBus;
@@ -28,6 +29,8 @@ pub struct AppState {
     /// Users and live sessions, and the public catalog, in memory (kept fresh by events).
     pub identity_cache: Arc<IdentityCache>,
     pub catalog_cache: Arc<CatalogCache>,
+    /// The time billing reads (tests move it forward).
+    pub clock: Clock,
 }
 
 /// Who is calling from where: for sessions, throttling and the audit trail.

@@ -329,3 +329,50 @@ pub async fn delete_plan(conn: &mut Conn, id: Uuid) -> QueryResult<usize> {
         .execute(conn)
         .await
 }
+
+pub async fn plans_by_ids(conn: &mut Conn, ids: &[Uuid]) -> QueryResult<Vec<Plan>> {
+    service_plans::table
+        .filter(service_plans::id.eq_any(ids))
+        .select(Plan::as_select())
+        .load(conn)
+        .await
+}
+
+pub async fn services_by_ids(conn: &mut Conn, ids: &[Uuid]) -> QueryResult<Vec<Service>> {
+    services::table
+        .filter(services::id.eq_any(ids))
+        .select(Service::as_select())
+        .load(conn)
+        .await
+}
+
+/// Takes one place of the plan's quota, locking the plan row until the transaction ends;
+/// `None` when the quota is used up.
+pub async fn take_quota(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Plan>> {
+    diesel::update(
+        service_plans::table.find(id).filter(
+            service_plans::total_quota
+                .is_null()
+                .or(service_plans::used_quota
+                    .nullable()
+                    .lt(service_plans::total_quota)),
+        ),
+    )
+    .set(service_plans::used_quota.eq(service_plans::used_quota + 1))
+    .returning(Plan::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+pub async fn release_quota(conn: &mut Conn, id: Uuid) -> QueryResult<()> {
+    diesel::update(
+        service_plans::table
+            .find(id)
+            .filter(service_plans::used_quota.gt(0)),
+    )
+    .set(service_plans::used_quota.eq(service_plans::used_quota - 1))
+    .execute(conn)
+    .await
+    .map(drop)
+}

@@ -782,3 +782,70 @@ mod tests {
         assert!(!is_slug("-a"));
     }
 }
+
+// ---- for subscriptions
+
+/// A plan and its service, as sold.
+#[derive(Clone, Debug)]
+pub struct ForSale {
+    pub plan: Plan,
+    pub service: Service,
+}
+
+/// The plan and its service if both are on sale (inside the buyer's transaction).
+pub async fn plan_for_sale(conn: &mut crate::db::Conn, plan_id: Uuid) -> AppResult<ForSale> {
+    let plan = model::plan(conn, plan_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("plan"))?;
+    let service = model::service(conn, plan.service_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("plan"))?;
+    if !service.is_active || !service.is_public {
+        return Err(AppError::not_found("plan"));
+    }
+    if !plan.is_active {
+        return Err(AppError::Conflict(
+            "this plan is no longer sold: choose another".into(),
+        ));
+    }
+    Ok(ForSale { plan, service })
+}
+
+/// A plan (sold or not) and its service, for a subscription that already holds it.
+pub async fn plan_held(conn: &mut crate::db::Conn, plan_id: Uuid) -> AppResult<ForSale> {
+    let plan = model::plan(conn, plan_id)
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("plan {plan_id} is gone")))?;
+    let service = model::service(conn, plan.service_id)
+        .await?
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("service of plan {plan_id} is gone")))?;
+    Ok(ForSale { plan, service })
+}
+
+/// Takes a place in the plan's quota (CONFLICT when it is sold out).
+pub async fn take_quota(conn: &mut crate::db::Conn, plan_id: Uuid) -> AppResult<()> {
+    match model::take_quota(conn, plan_id).await? {
+        Some(_) => Ok(()),
+        None => Err(AppError::Conflict(
+            "this plan is sold out: its quota is used up".into(),
+        )),
+    }
+}
+
+/// Gives a place back to the plan's quota.
+pub async fn release_quota(conn: &mut crate::db::Conn, plan_id: Uuid) -> AppResult<()> {
+    Ok(model::release_quota(conn, plan_id).await?)
+}
+
+/// Plans by id, sold or not: a subscription shows the plan it holds. Customers see them
+/// as they see any plan (operator fields stay guarded by `operator_field`).
+pub async fn plans_by_ids(state: &AppState, ids: &[Uuid]) -> AppResult<Vec<Plan>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::plans_by_ids(&mut conn, ids).await?)
+}
+
+/// Services by id, for the plans of subscriptions.
+pub async fn services_by_ids(state: &AppState, ids: &[Uuid]) -> AppResult<Vec<Service>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::services_by_ids(&mut conn, ids).await?)
+}

@@ -27,6 +27,8 @@ pub struct QueryRoot(
     crate::catalog::graphql::CatalogQuery,
     crate::nodes::graphql::NodesQuery,
     crate::jobs::graphql::JobsQuery,
+    crate::billing::graphql::BillingQuery,
+    crate::subscriptions::graphql::SubscriptionsQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -36,6 +38,8 @@ pub struct MutationRoot(
     crate::users::graphql::UsersMutation,
     crate::catalog::graphql::CatalogMutation,
     crate::nodes::graphql::NodesMutation,
+    crate::billing::graphql::BillingMutation,
+    crate::subscriptions::graphql::SubscriptionsMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -43,6 +47,8 @@ pub struct MutationRoot(
 pub struct SubscriptionRoot(
     crate::users::graphql::UsersSubscription,
     crate::nodes::graphql::NodesSubscription,
+    crate::billing::graphql::BillingSubscription,
+    crate::subscriptions::graphql::SubscriptionsSubscription,
 );
 
 pub type PodiumSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -122,6 +128,18 @@ pub fn request_data(
         tokio::spawn,
         HashMapCache::default(),
     ));
+    data.insert(crate::billing::graphql::BillingDataLoader::with_cache(
+        crate::billing::graphql::BillingLoader::new(state.clone(), identity.clone()),
+        tokio::spawn,
+        HashMapCache::default(),
+    ));
+    data.insert(
+        crate::subscriptions::graphql::SubscriptionDataLoader::with_cache(
+            crate::subscriptions::graphql::SubscriptionLoader::new(state.clone(), identity.clone()),
+            tokio::spawn,
+            HashMapCache::default(),
+        ),
+    );
     data.insert(identity);
     data.insert(client);
     data
@@ -179,4 +197,55 @@ pub fn connection<T, N: OutputType>(
             .map(|item| Edge::new(cursor(&item).encode(), node(item))),
     );
     conn
+}
+
+/// A GraphQL subscription to a domain's events on `topic`: each event is decoded and
+/// handed to `deliver` with the subscriber's identity as it is now (`deliver` decides, in
+/// the domain's service, what that identity may see: `None` skips the event). The stream
+/// ends once the subscriber is deactivated, signed out or loses access (an error).
+pub fn live<T, O, F, Fut>(
+    ctx: &Context<'_>,
+    topic: &'static str,
+    deliver: F,
+) -> AppResult<impl futures_util::Stream<Item = O> + use<T, O, F, Fut>>
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+    O: Send + 'static,
+    F: Fn(AppState, Identity, T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = AppResult<Option<O>>> + Send,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    let actor = ctx.identity().actor()?.clone();
+    let state = ctx.state().clone();
+    let events = state.events.subscribe();
+    Ok(futures_util::stream::unfold(
+        (events, state, actor, deliver),
+        move |(mut events, state, actor, deliver)| async move {
+            loop {
+                let message = match events.recv().await {
+                    Ok(message) => message,
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, topic, "a slow subscriber missed events");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                let Some(event) = message.decode::<T>(topic) else {
+                    continue;
+                };
+                let now =
+                    match crate::auth::identity::current(&state, actor.user_id, actor.session_id)
+                        .await
+                    {
+                        Ok(Some(now)) => now,
+                        _ => return None,
+                    };
+                match deliver(state.clone(), Identity::User(now), event).await {
+                    Ok(Some(out)) => return Some((out, (events, state, actor, deliver))),
+                    Ok(None) => continue,
+                    Err(_) => return None,
+                }
+            }
+        },
+    ))
 }

@@ -19,5 +19,9 @@ pub mod service;
 pub const NODE_STALENESS: &str = "node.staleness";
 pub const TOKEN_CLEANUP: &str = "auth.token_cleanup";
 pub const JOBS_PRUNE: &str = "jobs.prune";
+/// Renew (or end) subscriptions whose period has ended.
+pub const BILLING_RENEWALS: &str = "billing.renewals";
+/// Retry, suspend and expire unpaid subscriptions.
+pub const BILLING_DUNNING: &str = "billing.dunning";
 /// Sleeps, optionally panics: for watching workers and leases (see `runner`).
 pub const DIAGNOSTIC_SLEEP: &str = "diagnostic.sleep";

@@ -14,8 +14,12 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 use super::model::{self, Job};
-use super::{DIAGNOSTIC_SLEEP, JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP};
+use super::{
+    BILLING_DUNNING, BILLING_RENEWALS, DIAGNOSTIC_SLEEP, JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP,
+};
+use crate::billing::service::SETTLE_JOB;
 use crate::state::AppState;
+use crate::subscriptions::service::PROVISION_JOB;
 
 /// Finished jobs are deleted this many per statement.
 const PRUNE_BATCH: i64 = 1000;
@@ -36,6 +40,8 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
             .execute(&mut conn)
             .await?;
             tracing::info!(sessions = n, "expired sessions removed");
+            let keys = crate::idempotency::prune(&mut conn, state.clock.now()).await?;
+            tracing::info!(keys, "expired idempotency keys removed");
             Ok(())
         }
         JOBS_PRUNE => {
@@ -46,6 +52,22 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
             Ok(())
         }
         DIAGNOSTIC_SLEEP => diagnostic_sleep(state, job).await,
+        BILLING_RENEWALS => {
+            crate::subscriptions::cycle::run_renewals(state).await?;
+            Ok(())
+        }
+        BILLING_DUNNING => {
+            crate::subscriptions::cycle::run_dunning(state).await?;
+            Ok(())
+        }
+        SETTLE_JOB => {
+            let user_id: uuid::Uuid = serde_json::from_value(job.payload["userId"].clone())?;
+            crate::subscriptions::cycle::settle_user(state, user_id).await?;
+            Ok(())
+        }
+        // Instances wait for the provisioner (the Kubernetes issue): until it exists their
+        // desired state is recorded and they stay PENDING.
+        PROVISION_JOB => Ok(()),
         other => anyhow::bail!("no handler for job kind {other:?}"),
     }
 }

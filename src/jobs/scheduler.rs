@@ -9,7 +9,7 @@ use diesel_async::AsyncConnection;
 use tokio::sync::watch;
 
 use super::model;
-use super::{JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP};
+use super::{BILLING_DUNNING, BILLING_RENEWALS, JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP};
 use crate::state::AppState;
 
 pub struct Schedule {
@@ -30,6 +30,14 @@ pub fn schedules(state: &AppState) -> Vec<Schedule> {
         Schedule {
             name: JOBS_PRUNE,
             cron: state.settings.job_prune_cron.clone(),
+        },
+        Schedule {
+            name: BILLING_RENEWALS,
+            cron: state.settings.billing.renewal_cron.clone(),
+        },
+        Schedule {
+            name: BILLING_DUNNING,
+            cron: state.settings.billing.dunning_cron.clone(),
         },
     ]
 }

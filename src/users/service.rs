@@ -393,3 +393,11 @@ async fn ensure_an_admin_remains(conn: &mut Conn) -> AppResult<()> {
     }
     Ok(())
 }
+
+/// NOT_FOUND unless the user exists (inside another domain's transaction).
+pub async fn require_exists(conn: &mut Conn, id: Uuid) -> AppResult<()> {
+    match model::find(conn, id).await? {
+        Some(_) => Ok(()),
+        None => Err(AppError::not_found("user")),
+    }
+}

@@ -1,0 +1,10 @@
+//! Money: the wallet and its ledger, Stripe top-ups, invoices. Subscriptions (and the
+//! billing cycle that renews them) live in `subscriptions/` and move money only through
+//! `wallet::post` and `invoice::issue`.
+
+pub mod events;
+pub mod graphql;
+pub mod invoice;
+pub mod model;
+pub mod service;
+pub mod wallet;

@@ -1,0 +1,8 @@
+//! Service subscriptions: buying a plan, changing and cancelling it, and the billing
+//! cycle (renewals, dunning, suspension, expiry) that runs them month after month.
+
+pub mod cycle;
+pub mod events;
+pub mod graphql;
+pub mod model;
+pub mod service;
