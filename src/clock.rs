@@ -1,27 +1,49 @@
 //! The time billing reads. Production runs on the system clock; tests move it forward
-//! (renewals, dunning, grace, expiry) instead of waiting. Every billing decision takes its
-//! "now" from here, never from the database's `now()`.
+//! (renewals, dunning, grace, expiry) or stop it at an instant (proration to the second)
+//! instead of waiting. Every billing decision takes its "now" from here, never from the
+//! database's `now()`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Duration, Utc};
 
-/// The system clock plus an offset that only moves forward.
-#[derive(Clone, Debug, Default)]
+/// Not stopped.
+const RUNNING: i64 = i64::MIN;
+
+/// The system clock plus an offset that only moves forward; or stopped at an instant.
+#[derive(Clone, Debug)]
 pub struct Clock {
     offset_ms: Arc<AtomicI64>,
+    stopped_at_ms: Arc<AtomicI64>,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            offset_ms: Arc::new(AtomicI64::new(0)),
+            stopped_at_ms: Arc::new(AtomicI64::new(RUNNING)),
+        }
+    }
 }
 
 impl Clock {
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+        match self.stopped_at_ms.load(Ordering::Relaxed) {
+            RUNNING => Utc::now() + Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed)),
+            at => DateTime::from_timestamp_millis(at).expect("a valid instant"),
+        }
     }
 
     /// Moves this clock (and every clone of it) forward.
     pub fn advance(&self, by: Duration) {
-        self.offset_ms
-            .fetch_add(by.num_milliseconds().max(0), Ordering::Relaxed);
+        let by = by.num_milliseconds().max(0);
+        self.offset_ms.fetch_add(by, Ordering::Relaxed);
+        let _ = self
+            .stopped_at_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |at| {
+                (at != RUNNING).then_some(at + by)
+            });
     }
 
     /// Moves this clock forward to `to` (never back).
@@ -30,6 +52,12 @@ impl Clock {
         if by > Duration::zero() {
             self.advance(by);
         }
+    }
+
+    /// Stops the clock at its current reading: it moves only when advanced.
+    pub fn stop(&self) {
+        let now = self.now().timestamp_millis();
+        self.stopped_at_ms.store(now, Ordering::Relaxed);
     }
 }
 
@@ -47,5 +75,16 @@ mod tests {
         let later = other.now();
         clock.advance_to(later - Duration::days(5));
         assert!(clock.now() >= later);
+    }
+
+    #[test]
+    fn a_stopped_clock_moves_only_when_advanced() {
+        let clock = Clock::default();
+        clock.stop();
+        let at = clock.now();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(clock.now(), at);
+        clock.advance(Duration::seconds(90));
+        assert_eq!(clock.now(), at + Duration::seconds(90));
     }
 }

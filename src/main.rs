@@ -138,7 +138,7 @@ fn main() -> anyhow::Result<()> {
                     db::migrate::run(url).await?;
                     let pool = db::connect_pool(url, 2).await?;
                     let report = if demo {
-                        seed::run(&pool).await?
+                        seed::run(&pool, &settings.default_currency).await?
                     } else {
                         seed::catalog(&pool).await?
                     };
@@ -354,7 +354,8 @@ async fn serve(settings: Settings, embedded: Option<&EmbeddedPostgres>) -> anyho
     if embedded.is_some() {
         let marker = data_dir.join("seeded");
         if !marker.exists() {
-            let report = seed::run(&app.state().pool).await?;
+            let report =
+                seed::run(&app.state().pool, &app.state().settings.default_currency).await?;
             std::fs::write(&marker, "demo data loaded\n")?;
             println!(
                 "\nPodium demo data loaded (first start of the embedded default). {}",

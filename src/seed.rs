@@ -19,11 +19,16 @@ const CATALOG: &str = include_str!("../seeds/catalog.json");
 const NODES: &str = include_str!("../seeds/nodes.json");
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SeedUser {
     pub name: String,
     pub email: String,
     pub password: String,
     pub role: String,
+    /// Credited once (a recorded ADJUSTMENT), in major units of the platform currency, so
+    /// that a newcomer can subscribe at once.
+    #[serde(default)]
+    pub starting_balance: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -118,8 +123,8 @@ pub async fn catalog(pool: &DbPool) -> anyhow::Result<SeedReport> {
 }
 
 /// The catalog plus the demo accounts and demo nodes: `podium seed --demo`, the embedded
-/// default's first start, and the tests.
-pub async fn run(pool: &DbPool) -> anyhow::Result<SeedReport> {
+/// default's first start, and the tests. Demo wallets hold `currency` (the platform's).
+pub async fn run(pool: &DbPool, currency: &str) -> anyhow::Result<SeedReport> {
     let mut report = SeedReport::default();
     let mut conn = pool.get().await?;
     for user in demo_users() {
@@ -137,7 +142,14 @@ pub async fn run(pool: &DbPool) -> anyhow::Result<SeedReport> {
             .await
             .map_err(invalid(&user.email))?
         {
-            report.users.push(user.email);
+            report.users.push(user.email.clone());
+        }
+        if let Some(amount) = &user.starting_balance {
+            let amount = crate::money::parse_amount("startingBalance", amount, currency)
+                .map_err(invalid(&user.email))?;
+            crate::billing::service::seed_balance(&mut conn, &user.email, amount, currency)
+                .await
+                .map_err(invalid(&user.email))?;
         }
     }
 

@@ -514,3 +514,42 @@ pub async fn refund(
     state.jobs_wakeup.notify_waiters();
     Ok(tx)
 }
+
+/// Credits a seeded demo account's starting balance, once (a recorded ADJUSTMENT).
+pub async fn seed_balance(
+    conn: &mut Conn,
+    email: &str,
+    amount: i64,
+    currency: &str,
+) -> AppResult<()> {
+    use diesel::prelude::*;
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    let users = crate::db::schema::users::table;
+    let user_id: Uuid = users
+        .filter(crate::db::schema::users::email.eq(email.trim().to_lowercase()))
+        .select(crate::db::schema::users::id)
+        .first(conn)
+        .await?;
+    let key = format!("seed:starting-balance:{user_id}");
+    conn.transaction(async |conn| {
+        credit(
+            conn,
+            &Credit {
+                user_id,
+                kind: TransactionType::Adjustment,
+                amount,
+                currency,
+                description: "Starting balance of the demo account",
+                reference: None,
+                subscription_id: None,
+                refund_of: None,
+                unique_key: Some(&key),
+                created_by: None,
+                now: Utc::now(),
+            },
+        )
+        .await
+    })
+    .await?;
+    Ok(())
+}

@@ -224,7 +224,9 @@ impl TestApp {
     }
 
     pub async fn seed(&self) {
-        podium::seed::run(&self.state.pool).await.expect("seeding");
+        podium::seed::run(&self.state.pool, &self.state.settings.default_currency)
+            .await
+            .expect("seeding");
     }
 
     pub async fn try_login(&self, email: &str, password: &str) -> Gql {

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a fresh PostgreSQL database per test, in parallel.
 
 mod auth;
+mod billing;
 mod binary;
 mod caching;
 mod catalog;
