@@ -2,6 +2,7 @@
 
 mod auth;
 mod billing;
+mod billing_cycle;
 mod binary;
 mod caching;
 mod catalog;

@@ -1,0 +1,415 @@
+//! The billing cycle with a controllable clock: renewal, dunning, suspension, recovery,
+//! expiry, cancellation, plan changes with proration, catch-up, replicas.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+
+use crate::billing::*;
+use crate::helpers::*;
+use podium::subscriptions::cycle::{run_dunning, run_renewals};
+
+fn at(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().expect("a time"))
+        .expect("RFC 3339")
+        .with_timezone(&Utc)
+}
+
+async fn sub(app: &TestApp, s: &Session, id: &str) -> Value {
+    app.gql(Some(&s.access), SUBSCRIPTION, json!({ "id": id }))
+        .await
+        .ok()
+        .data("serviceSubscription")
+        .clone()
+}
+
+async fn invoices(app: &TestApp, s: &Session) -> Vec<Value> {
+    let r = app.gql(Some(&s.access), INVOICES, json!({})).await.ok();
+    nodes(r.data("myInvoices"))
+}
+
+/// Moves the app's clock to `t` and runs both billing jobs' work.
+async fn tick(app: &TestApp, t: DateTime<Utc>) {
+    app.state.clock.advance_to(t);
+    run_renewals(&app.state).await.expect("renewals");
+    run_dunning(&app.state).await.expect("dunning");
+}
+
+/// A customer with one Ghost Basic (30000) subscription; their wallet keeps `left` after.
+async fn subscribed(app: &TestApp, admin: &Session, left: i64) -> (Session, String) {
+    let user = funded_user(app, admin, "cycled", &(30000 + left).to_string()).await;
+    let plan = plan_id(app, "ghost", "Basic").await;
+    let id = subscribe(app, &user, &plan, "cycled blog")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    (user, id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewed_after_a_month_with_a_second_invoice() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, id) = subscribed(&app, &admin, 40000).await;
+    let first = sub(&app, &user, &id).await;
+    let end = at(&first["currentPeriodEnd"]);
+
+    // A day before the end nothing happens.
+    tick(&app, end - Duration::days(1)).await;
+    assert_eq!(invoices(&app, &user).await.len(), 1);
+    tick(&app, end + Duration::minutes(1)).await;
+    let renewed = sub(&app, &user, &id).await;
+    assert_eq!(renewed["status"], "ACTIVE");
+    assert_eq!(at(&renewed["currentPeriodStart"]), end);
+    assert!(at(&renewed["currentPeriodEnd"]) > end + Duration::days(27));
+    let all = invoices(&app, &user).await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0]["status"], "PAID");
+    assert_eq!(at(&all[0]["periodStart"]), end);
+    assert_eq!(balance(&app, &user).await, "10000.00");
+    let w = app.gql(Some(&user.access), WALLET, json!({})).await.ok();
+    let last = &nodes(w.data("wallet.transactions"))[0];
+    assert_eq!(last["type"], "RENEWAL");
+    assert_eq!(last["reference"], all[0]["number"]);
+
+    // Running again at the same moment changes nothing.
+    tick(&app, end + Duration::minutes(2)).await;
+    assert_eq!(invoices(&app, &user).await.len(), 2);
+    assert_eq!(balance(&app, &user).await, "10000.00");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_wallet_goes_past_due_then_suspended_after_grace_then_active_right_after_a_payment()
+ {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, id) = subscribed(&app, &admin, 0).await;
+    let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
+
+    tick(&app, end + Duration::minutes(1)).await;
+    let due = sub(&app, &user, &id).await;
+    assert_eq!(due["status"], "PAST_DUE");
+    assert_eq!(due["failedCharges"], 1);
+    assert_eq!(at(&due["graceUntil"]), end + Duration::days(7));
+    assert_eq!(at(&due["nextRetryAt"]), end + Duration::days(1));
+    assert_eq!(
+        due["instance"]["desiredState"], "RUNNING",
+        "the paid period is never suspended"
+    );
+    let open = &invoices(&app, &user).await[0];
+    assert_eq!(open["status"], "OPEN");
+    assert_eq!(at(&open["periodStart"]), end);
+
+    // Dunning retries on days 1, 3 and 5 of grace.
+    for (day, failed, next) in [(1, 2, Some(3)), (3, 3, Some(5)), (5, 4, None)] {
+        tick(&app, end + Duration::days(day) + Duration::minutes(1)).await;
+        let s = sub(&app, &user, &id).await;
+        assert_eq!(s["status"], "PAST_DUE", "day {day}");
+        assert_eq!(s["failedCharges"], failed, "day {day}");
+        assert_eq!(
+            s["nextRetryAt"].as_str().map(|_| at(&s["nextRetryAt"])),
+            next.map(|d| end + Duration::days(d))
+        );
+    }
+    tick(&app, end + Duration::days(7) + Duration::minutes(1)).await;
+    let suspended = sub(&app, &user, &id).await;
+    assert_eq!(suspended["status"], "SUSPENDED");
+    assert_eq!(at(&suspended["suspendedAt"]), end + Duration::days(7));
+    assert_eq!(suspended["instance"]["desiredState"], "STOPPED");
+
+    // Money arrives: settled at once (by the job the credit queued), not at the next tick.
+    let paid_at = app.state.clock.now();
+    adjust(&app, &admin, &user.user_id, "30000").await.ok();
+    eventually("the subscription is settled", || async {
+        sub(&app, &user, &id).await["status"] == "ACTIVE"
+    })
+    .await;
+    let active = sub(&app, &user, &id).await;
+    assert_eq!(active["instance"]["desiredState"], "RUNNING");
+    assert_eq!(active["failedCharges"], 0);
+    assert!(
+        at(&active["currentPeriodStart"]) >= paid_at,
+        "a fresh period from the payment"
+    );
+    let paid = &invoices(&app, &user).await[0];
+    assert_eq!(paid["status"], "PAID");
+    assert_eq!(balance(&app, &user).await, "0.00");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_past_due_subscription_paid_within_grace_continues_its_periods() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, id) = subscribed(&app, &admin, 0).await;
+    let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
+    tick(&app, end + Duration::hours(2)).await;
+    assert_eq!(sub(&app, &user, &id).await["status"], "PAST_DUE");
+    adjust(&app, &admin, &user.user_id, "30000").await.ok();
+    eventually("settled", || async {
+        sub(&app, &user, &id).await["status"] == "ACTIVE"
+    })
+    .await;
+    let s = sub(&app, &user, &id).await;
+    assert_eq!(
+        at(&s["currentPeriodStart"]),
+        end,
+        "it kept running: no free days"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_after_thirty_days_suspended_deletes_the_instance_and_releases_the_quota() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, id) = subscribed(&app, &admin, 0).await;
+    assert_eq!(used_quota(&app, &admin, "ghost", "Basic").await, 1);
+    let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
+    tick(&app, end + Duration::minutes(1)).await;
+    tick(&app, end + Duration::days(7) + Duration::minutes(1)).await;
+    assert_eq!(sub(&app, &user, &id).await["status"], "SUSPENDED");
+    tick(&app, end + Duration::days(36)).await;
+    assert_eq!(
+        sub(&app, &user, &id).await["status"],
+        "SUSPENDED",
+        "not yet 30 days"
+    );
+    tick(&app, end + Duration::days(37) + Duration::minutes(1)).await;
+    let expired = sub(&app, &user, &id).await;
+    assert_eq!(expired["status"], "EXPIRED");
+    assert_eq!(expired["instance"]["desiredState"], "DELETED");
+    assert_eq!(used_quota(&app, &admin, "ghost", "Basic").await, 0);
+    assert_eq!(invoices(&app, &user).await[0]["status"], "VOID");
+    // Money arriving later no longer revives it.
+    adjust(&app, &admin, &user.user_id, "30000").await.ok();
+    tick(&app, end + Duration::days(38)).await;
+    assert_eq!(sub(&app, &user, &id).await["status"], "EXPIRED");
+    assert_eq!(balance(&app, &user).await, "30000.00");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_at_period_end_runs_to_the_end_and_resume_undoes_it() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, id) = subscribed(&app, &admin, 100000).await;
+    let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
+    let cancel = "mutation($id: ID!) { cancelSubscription(id: $id) { status cancelAtPeriodEnd } }";
+    let r = app
+        .gql(Some(&user.access), cancel, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(r.str("cancelSubscription.status"), "ACTIVE");
+    assert_eq!(r.data("cancelSubscription.cancelAtPeriodEnd"), true);
+    let resume = "mutation($id: ID!) { resumeSubscription(id: $id) { cancelAtPeriodEnd } }";
+    let r = app
+        .gql(Some(&user.access), resume, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(r.data("resumeSubscription.cancelAtPeriodEnd"), false);
+    assert_eq!(
+        app.gql(Some(&user.access), resume, json!({ "id": id }))
+            .await
+            .code(),
+        "CONFLICT"
+    );
+
+    app.gql(Some(&user.access), cancel, json!({ "id": id }))
+        .await
+        .ok();
+    tick(&app, end - Duration::minutes(1)).await;
+    assert_eq!(
+        sub(&app, &user, &id).await["status"],
+        "ACTIVE",
+        "runs to the end"
+    );
+    tick(&app, end + Duration::minutes(1)).await;
+    let s = sub(&app, &user, &id).await;
+    assert_eq!(s["status"], "CANCELLED");
+    assert_eq!(s["instance"]["desiredState"], "DELETED");
+    assert_eq!(balance(&app, &user).await, "100000.00", "not renewed");
+    assert_eq!(used_quota(&app, &admin, "ghost", "Basic").await, 0);
+
+    // Auto-renew off ends the same way.
+    let (user, id) = subscribed(&app, &admin, 100000).await;
+    let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
+    app.gql(
+        Some(&user.access),
+        "mutation($id: ID!) { setSubscriptionAutoRenew(id: $id, autoRenew: false) { autoRenew } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    tick(&app, end + Duration::minutes(1)).await;
+    assert_eq!(sub(&app, &user, &id).await["status"], "CANCELLED");
+    assert_eq!(balance(&app, &user).await, "100000.00");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_now_credits_the_unused_part_by_the_second() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    app.state.clock.stop();
+    let (user, id) = subscribed(&app, &admin, 0).await;
+    let s = sub(&app, &user, &id).await;
+    let (start, end) = (at(&s["currentPeriodStart"]), at(&s["currentPeriodEnd"]));
+    // A quarter of the period used.
+    let now = start + (end - start) / 4;
+    app.state.clock.advance_to(now);
+    let r = app
+        .gql(Some(&user.access), "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status instance { desiredState } } }", json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(r.str("cancelSubscription.status"), "CANCELLED");
+    assert_eq!(r.str("cancelSubscription.instance.desiredState"), "DELETED");
+    let whole = (end - start).num_seconds() as i128;
+    let left = (end - now).num_seconds() as i128;
+    let expected = (3_000_000i128 * left * 2 + whole) / (2 * whole);
+    assert_eq!(
+        balance(&app, &user).await,
+        podium::money::format_amount(expected as i64, "IDR")
+    );
+    let again = app
+        .gql(
+            Some(&user.access),
+            "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(again.code(), "CONFLICT");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrade_and_downgrade_are_prorated_by_the_second() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    app.state.clock.stop();
+    let user = funded_user(&app, &admin, "changer", "200000").await;
+    let basic = plan_id(&app, "n8n", "Basic").await; // 25000
+    let standard = plan_id(&app, "n8n", "Standard").await; // 50000
+    let id = subscribe(&app, &user, &basic, "flows")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    let s = sub(&app, &user, &id).await;
+    let (start, end) = (at(&s["currentPeriodStart"]), at(&s["currentPeriodEnd"]));
+    let whole = (end - start).num_seconds() as i128;
+    let prorate = |amount: i128, now: DateTime<Utc>| {
+        let left = (end - now).num_seconds() as i128;
+        (amount * left * 2 + whole) / (2 * whole)
+    };
+
+    // Upgrade a third of the way in: pay the difference for what is left.
+    let t1 = start + (end - start) / 3 + Duration::seconds(7);
+    app.state.clock.advance_to(t1);
+    let change = "mutation($id: ID!, $p: ID!, $k: String) { changeSubscriptionPlan(id: $id, planId: $p, idempotencyKey: $k) { plan { name } price { amount } } }";
+    let r = app
+        .gql(
+            Some(&user.access),
+            change,
+            json!({ "id": id, "p": standard, "k": "up-1" }),
+        )
+        .await
+        .ok();
+    assert_eq!(r.str("changeSubscriptionPlan.plan.name"), "Standard");
+    assert_eq!(r.str("changeSubscriptionPlan.price.amount"), "50000.00");
+    let upgrade = prorate(5_000_000, t1) - prorate(2_500_000, t1);
+    let after_upgrade = 17_500_000i128 - upgrade;
+    assert_eq!(
+        balance(&app, &user).await,
+        podium::money::format_amount(after_upgrade as i64, "IDR")
+    );
+    // A retry with the key charges nothing more.
+    app.gql(
+        Some(&user.access),
+        change,
+        json!({ "id": id, "p": standard, "k": "up-1" }),
+    )
+    .await
+    .ok();
+    assert_eq!(
+        balance(&app, &user).await,
+        podium::money::format_amount(after_upgrade as i64, "IDR")
+    );
+    let upgrade_invoice = &invoices(&app, &user).await[0];
+    assert_eq!(
+        upgrade_invoice["total"]["amount"],
+        podium::money::format_amount(upgrade as i64, "IDR")
+    );
+    assert_eq!(upgrade_invoice["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(used_quota(&app, &admin, "n8n", "Standard").await, 1);
+    assert_eq!(used_quota(&app, &admin, "n8n", "Basic").await, 0);
+
+    // Downgrade later: the difference comes back to the wallet.
+    let t2 = start + (end - start) * 2 / 3;
+    app.state.clock.advance_to(t2);
+    app.gql(Some(&user.access), change, json!({ "id": id, "p": basic }))
+        .await
+        .ok();
+    let credit = prorate(5_000_000, t2) - prorate(2_500_000, t2);
+    assert_eq!(
+        balance(&app, &user).await,
+        podium::money::format_amount((after_upgrade + credit) as i64, "IDR")
+    );
+    let w = app.gql(Some(&user.access), WALLET, json!({})).await.ok();
+    let kinds: Vec<Value> = nodes(w.data("wallet.transactions"))
+        .iter()
+        .map(|t| t["type"].clone())
+        .collect();
+    assert_eq!(kinds[..2], [json!("REFUND"), json!("UPGRADE")]);
+
+    // Another service's plan, or a suspended subscription, can't be changed to.
+    let ghost = plan_id(&app, "ghost", "Basic").await;
+    assert_eq!(
+        app.gql(Some(&user.access), change, json!({ "id": id, "p": ghost }))
+            .await
+            .code(),
+        "CONFLICT"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_downtime_the_cycle_catches_up_period_by_period() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, id) = subscribed(&app, &admin, 90000).await;
+    let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
+    // Three months and a bit later, one run renews each missed period once.
+    tick(&app, end + Duration::days(62) + Duration::hours(1)).await;
+    let all = invoices(&app, &user).await;
+    assert_eq!(all.len(), 4, "the first and three renewals");
+    let mut starts: Vec<DateTime<Utc>> = all[..3].iter().map(|i| at(&i["periodStart"])).collect();
+    starts.sort();
+    assert_eq!(starts[0], end);
+    for pair in all[..3].windows(2) {
+        assert_eq!(
+            at(&pair[0]["periodStart"]),
+            at(&pair[1]["periodEnd"]),
+            "periods follow each other"
+        );
+    }
+    assert_eq!(balance(&app, &user).await, "0.00");
+    assert_eq!(sub(&app, &user, &id).await["status"], "ACTIVE");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_renewing_at_once_charge_each_subscription_once() {
+    let app = spawn_app().await;
+    let other = spawn_app_on(&app.database_url, &[]).await;
+    let admin = app.admin().await;
+    let mut users = Vec::new();
+    for _ in 0..12 {
+        users.push(subscribed(&app, &admin, 30000).await);
+    }
+    let later = Utc::now() + Duration::days(32);
+    app.state.clock.advance_to(later);
+    other.state.clock.advance_to(later);
+    let (a, b, c) = tokio::join!(
+        run_renewals(&app.state),
+        run_renewals(&other.state),
+        run_renewals(&app.state)
+    );
+    let renewed = a.unwrap().renewed + b.unwrap().renewed + c.unwrap().renewed;
+    assert_eq!(renewed, 12);
+    for (user, _) in &users {
+        assert_eq!(balance(&app, user).await, "0.00");
+        assert_eq!(invoices(&app, user).await.len(), 2);
+    }
+}
