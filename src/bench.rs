@@ -19,6 +19,8 @@ use crate::auth::{new_opaque_token, token_hash};
 use crate::config::Settings;
 use crate::startup::Application;
 
+pub mod renewals;
+
 pub struct HeartbeatBench {
     pub nodes: usize,
     pub concurrency: usize,
@@ -54,7 +56,7 @@ pub async fn heartbeat(settings: Settings, bench: HeartbeatBench) -> anyhow::Res
 }
 
 /// Runs `f` against a new database next to the configured one, dropped afterwards.
-async fn on_scratch_database<T>(
+pub(crate) async fn on_scratch_database<T>(
     settings: Settings,
     f: impl AsyncFnOnce(Settings, &str) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {

@@ -93,6 +93,15 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// One run of the renewal job over N subscriptions whose period just ended, on a
+    /// scratch database: renewals per second and the batch's total time.
+    Renewals {
+        #[arg(long, default_value_t = 100_000)]
+        subscriptions: usize,
+        /// Subscriptions renewed at once (the database pool is sized to fit).
+        #[arg(long, default_value_t = 12)]
+        concurrency: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -228,6 +237,32 @@ fn main() -> anyhow::Result<()> {
                             r.errors
                         );
                     }
+                    Ok(())
+                }
+                Command::Bench(Bench::Renewals {
+                    subscriptions,
+                    concurrency,
+                }) => {
+                    let mut settings = settings;
+                    // The cycle uses three quarters of the pool.
+                    settings.db_pool_size = (concurrency.max(1) * 4).div_ceil(3) as u32;
+                    println!(
+                        "renewal benchmark: {subscriptions} subscriptions due, {} at once, {} CPU(s), {} build",
+                        concurrency.max(1),
+                        std::thread::available_parallelism().map_or(1, |n| n.get()),
+                        if cfg!(debug_assertions) { "debug" } else { "release" }
+                    );
+                    let bench = podium::bench::renewals::RenewalBench { subscriptions };
+                    let r = podium::bench::renewals::renewals(settings, bench).await?;
+                    println!("  seeded        {subscriptions} due subscriptions in {:.1} s", r.seed_seconds);
+                    println!("  renewed       {} in {:.2} s", r.renewed, r.seconds);
+                    println!("  throughput    {:.0} renewals/s", r.per_second);
+                    println!(
+                        "  in database   {} renewal charges, {} invoices (exactly one each: {})",
+                        r.charges,
+                        r.invoices,
+                        if r.charges == subscriptions as i64 && r.invoices == subscriptions as i64 { "yes" } else { "NO" }
+                    );
                     Ok(())
                 }
                 Command::PrintSchema | Command::NodeAgent { .. } => unreachable!(),

@@ -108,14 +108,48 @@ fn parallelism(state: &AppState) -> usize {
     (state.settings.db_pool_size as usize * 3 / 4).max(1)
 }
 
+/// Subscriptions renewed per statement by the bulk path.
+const BULK_BATCH: i64 = 1_000;
+
 /// Renews (or ends) every ACTIVE subscription whose period has ended by now, period by
-/// period, until none is due.
+/// period, until none is due: the common case in bulk first, then one by one whatever
+/// needs a decision (a short wallet, a cancellation, ...).
 pub async fn run_renewals(state: &AppState) -> anyhow::Result<Summary> {
+    let bulk = renew_in_bulk(state).await?;
     let plans = Plans::default();
-    run(state, &plans, |conn, now| {
+    let mut summary = run(state, &plans, |conn, now| {
         Box::pin(model::renewal_due(conn, now, BATCH))
     })
-    .await
+    .await?;
+    summary.renewed += bulk;
+    Ok(summary)
+}
+
+/// A few workers renewing batches until none is left; returns how many were renewed.
+async fn renew_in_bulk(state: &AppState) -> anyhow::Result<usize> {
+    let workers = parallelism(state).clamp(1, 3);
+    let batches = (0..workers).map(|_| async {
+        let mut renewed = 0;
+        loop {
+            let mut conn = state.pool.get().await?;
+            let now = state.clock.now();
+            let batch =
+                super::bulk::renew_batch(&mut conn, &state.settings.billing, now, BULK_BATCH)
+                    .await?;
+            if batch.is_empty() {
+                return Ok::<_, anyhow::Error>(renewed);
+            }
+            renewed += batch.len();
+        }
+    });
+    let mut total = 0;
+    for result in futures_util::future::join_all(batches).await {
+        total += result?;
+    }
+    if total > 0 {
+        tracing::info!(renewed = total, "subscriptions renewed in bulk");
+    }
+    Ok(total)
 }
 
 /// Retries, suspends and expires PAST_DUE and SUSPENDED subscriptions that are due.

@@ -57,7 +57,9 @@ impl SubscriptionStatus {
     }
 }
 
-#[derive(Queryable, Selectable, Identifiable, Clone, Debug, Serialize, Deserialize)]
+#[derive(
+    Queryable, QueryableByName, Selectable, Identifiable, Clone, Debug, Serialize, Deserialize,
+)]
 #[diesel(table_name = subs, check_for_backend(Pg))]
 #[serde(rename_all = "camelCase")]
 pub struct Subscription {
