@@ -618,6 +618,120 @@ async fn a_job_whose_server_is_killed_is_finished_by_another_instance_exactly_on
     drop(b);
 }
 
+/// Kills the child when dropped (a failing test leaves no server behind).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn count_of(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(sql)
+        .get_result::<N>(conn)
+        .await
+        .unwrap()
+        .n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewal_batch_killed_half_way_and_run_again_charges_each_subscription_once() {
+    use diesel_async::AsyncConnection;
+    const DUE: usize = 20_000;
+    let url = fresh_database(true).await;
+    let setup = spawn_app_on(&url, &[("PODIUM_JOBS_ENABLED", "false")]).await;
+    setup.seed().await;
+    let mut conn = diesel_async::AsyncPgConnection::establish(&url)
+        .await
+        .unwrap();
+    let plan: uuid::Uuid = podium::db::schema::service_plans::table
+        .inner_join(podium::db::schema::services::table)
+        .filter(podium::db::schema::services::slug.eq("ghost"))
+        .filter(podium::db::schema::service_plans::name.eq("Basic"))
+        .select(podium::db::schema::service_plans::id)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    podium::bench::renewals::seed_due(&mut conn, DUE, plan, chrono::Utc::now())
+        .await
+        .unwrap();
+    drop(setup);
+
+    // The real server renews on a cron tick every second; it is killed mid-batch.
+    let dir = TempDir::new(0o755);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data_dir = dir.0.join("unused-data");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("PODIUM_JWT_SECRET", JWT_SECRET),
+        ("PODIUM_LISTEN", listen.as_str()),
+        ("PODIUM_DATA_DIR", data_dir.to_str().unwrap()),
+        ("PODIUM_BILLING_RENEWAL_CRON", "* * * * * *"),
+        ("PODIUM_JOB_POLL_MS", "50"),
+    ];
+    let log = dir.0.join("renewals.log");
+    let mut server = KillOnDrop(podium_with(&[], &env, &log));
+    wait_ready(&reqwest::Client::new(), port, &mut server.0, &log).await;
+    let renewals = "SELECT count(*) AS n FROM wallet_transactions WHERE type = 'RENEWAL'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let partial = loop {
+        let n = count_of(&mut conn, renewals).await;
+        if n > 0 {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal started: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGKILL) };
+    server.0.wait().unwrap();
+    let after_kill = count_of(&mut conn, renewals).await;
+    assert!(
+        partial < DUE as i64 && after_kill < DUE as i64,
+        "killed half-way: {after_kill} of {DUE} renewed"
+    );
+
+    // Another instance runs the renewals again: every subscription charged exactly once.
+    let again = spawn_app_on(&url, &[("PODIUM_JOBS_ENABLED", "false")]).await;
+    let summary = podium::subscriptions::cycle::run_renewals(&again.state)
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.renewed as i64 + after_kill,
+        DUE as i64,
+        "{summary:?}"
+    );
+    assert_eq!(count_of(&mut conn, renewals).await, DUE as i64);
+    let twice = count_of(
+        &mut conn,
+        "SELECT count(*) AS n FROM (SELECT subscription_id FROM wallet_transactions WHERE type = 'RENEWAL'
+         GROUP BY subscription_id HAVING count(*) > 1) t",
+    )
+    .await;
+    assert_eq!(twice, 0, "no subscription charged twice");
+    assert_eq!(
+        count_of(&mut conn, "SELECT count(*) AS n FROM invoices").await,
+        DUE as i64
+    );
+    let unrenewed = count_of(
+        &mut conn,
+        "SELECT count(*) AS n FROM service_subscriptions WHERE current_period_end <= now()",
+    )
+    .await;
+    assert_eq!(unrenewed, 0, "no period skipped");
+}
+
 /// The embedded cluster's PostgreSQL processes still alive (zombies aside): those working in
 /// its data directory.
 fn cluster_processes(data: &Path) -> Vec<i32> {
