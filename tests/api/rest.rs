@@ -90,7 +90,10 @@ fn substitute(
                 .get(name)
                 .unwrap_or_else(|| panic!("no response named {name}"));
             for part in path.split('.') {
-                v = &v[part];
+                v = match (v, part.parse::<usize>()) {
+                    (Value::Array(items), Ok(i)) => &items[i],
+                    _ => &v[part],
+                };
             }
             match v {
                 Value::String(s) => s.clone(),
