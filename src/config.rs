@@ -122,7 +122,7 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// Pending heartbeats are written at least this often.
     pub heartbeat_flush: Duration,
-    /// A replica wakes the others' outbox tailers at most this often (one NOTIFY).
+    /// A replica reads the event outbox, and wakes the others' (one NOTIFY), at most this often.
     pub outbox_notify: Duration,
     /// A node silent for longer becomes INACTIVE (and counts as offline).
     pub node_stale_after: Duration,

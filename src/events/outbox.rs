@@ -9,9 +9,10 @@
 //!   and delivers each to its in-process bus (`EventBus::deliver`), in id order.
 //! - The tailer is woken by `outbox_written()` in its own process, by a NOTIFY on
 //!   [`WAKE_CHANNEL`] from other replicas, and by a poll every second (a missed wake-up
-//!   only delays an event). Each replica sends that NOTIFY at most once per
-//!   `PODIUM_OUTBOX_NOTIFY_MS`, however many transactions enqueued: the only NOTIFYs are
-//!   these few small transactions, never the writers' own.
+//!   only delays an event). It works in rounds at most `PODIUM_OUTBOX_NOTIFY_MS` apart:
+//!   one NOTIFY if its process enqueued since the last, then one read. So a replica sends
+//!   at most one NOTIFY per interval however many transactions enqueued, in a tiny
+//!   transaction of its own (never the writers'), and a burst of wake-ups costs one read.
 //! - A replica starts at the newest committed row (no replay). Rows older than an hour are
 //!   pruned by every tailer (idempotent, `SKIP LOCKED`).
 //!
@@ -249,21 +250,20 @@ impl EventBus {
     }
 
     /// Tails the outbox on a connection of its own (reconnecting with backoff, keeping its
-    /// position) until `shutdown` flips; sends this replica's wake-up NOTIFYs, at most one
-    /// per `notify_every`.
+    /// position) until `shutdown` flips: reads when woken or every second, and sends this
+    /// replica's wake-up NOTIFYs; at most one read and one NOTIFY per `interval`.
     pub fn spawn_outbox_tailer(
         &self,
         url: String,
-        notify_every: Duration,
+        interval: Duration,
         mut shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let bus = self.clone();
         tokio::spawn(async move {
             let mut tailer = Tailer {
                 bus,
-                notify_every,
+                interval,
                 cursor: None,
-                last_notify: None,
                 next_prune: Instant::now() + PRUNE_EVERY,
             };
             let mut backoff = Duration::from_millis(200);
@@ -288,10 +288,10 @@ impl EventBus {
 
 struct Tailer {
     bus: EventBus,
-    notify_every: Duration,
+    /// The shortest time between two rounds (NOTIFY and read).
+    interval: Duration,
     /// Survives reconnections, so that nothing is missed or repeated.
     cursor: Option<Cursor>,
-    last_notify: Option<Instant>,
     next_prune: Instant,
 }
 
@@ -310,53 +310,32 @@ impl Tailer {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // One round per interval at most: a burst of writes and wake-ups shares one
+            // NOTIFY and one read.
+            let round = Instant::now();
+            // Taken before the NOTIFY goes out: an `outbox_written` after this point
+            // (whose commit the others may not see yet) sets it again for the next round.
+            if signals.notify_pending.swap(false, Ordering::AcqRel) {
+                let sent = diesel::sql_query(format!("NOTIFY {WAKE_CHANNEL}"))
+                    .execute(&mut conn)
+                    .await;
+                if sent.is_err() {
+                    signals.notify_pending.store(true, Ordering::Release);
+                }
+                sent?;
+            }
             let full = self.deliver(&mut conn).await?;
-            if Instant::now() >= self.next_prune {
+            if round >= self.next_prune {
                 self.prune(&mut conn).await?;
             }
             if !full {
-                let notify_at = self.notify_at(&signals);
                 tokio::select! {
                     _ = signals.wake.notified() => {}
                     _ = poll.tick() => {}
-                    _ = sleep_until(notify_at) => {}
                 }
             }
-            if self.notify_due(&signals) {
-                self.notify(&mut conn, &signals).await?;
-            }
+            tokio::time::sleep_until(round + self.interval).await;
         }
-    }
-
-    /// When the next NOTIFY may go out, if one is wanted.
-    fn notify_at(&self, signals: &Signals) -> Option<Instant> {
-        // Spelled out: `RunQueryDsl::load` would win the method call.
-        if !AtomicBool::load(&signals.notify_pending, Ordering::Acquire) {
-            return None;
-        }
-        Some(
-            self.last_notify
-                .map_or_else(Instant::now, |t| t + self.notify_every),
-        )
-    }
-
-    fn notify_due(&self, signals: &Signals) -> bool {
-        self.notify_at(signals)
-            .is_some_and(|at| at <= Instant::now())
-    }
-
-    /// Wakes every replica's tailer. Taking the flag first: a commit whose
-    /// `outbox_written` comes after this NOTIFY's transaction started sets it again.
-    async fn notify(&mut self, conn: &mut Conn, signals: &Signals) -> anyhow::Result<()> {
-        signals.notify_pending.store(false, Ordering::Release);
-        self.last_notify = Some(Instant::now());
-        let sent = diesel::sql_query(format!("NOTIFY {WAKE_CHANNEL}"))
-            .execute(conn)
-            .await;
-        if sent.is_err() {
-            signals.notify_pending.store(true, Ordering::Release);
-        }
-        sent.map(drop).map_err(Into::into)
     }
 
     /// Reads once and delivers what it found; returns whether more may be waiting.
@@ -390,12 +369,5 @@ impl Tailer {
             tracing::debug!(rows = total, "outbox pruned");
         }
         Ok(())
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
