@@ -114,14 +114,16 @@ pub async fn prune(conn: &mut Conn, older_than: Duration) -> QueryResult<usize> 
         i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX),
     );
     diesel::sql_query(
-        "DELETE FROM event_outbox WHERE id IN (
+        // An array, not `IN (subquery)`: a generic plan may hash-join the latter against
+        // the whole table.
+        "DELETE FROM event_outbox WHERE id = ANY(ARRAY(
             SELECT id FROM event_outbox
             WHERE created_at < now() - $1
               AND id < coalesce(
                   (SELECT id FROM event_outbox WHERE created_at >= now() - $1 ORDER BY id LIMIT 1),
                   9223372036854775807)
             ORDER BY id LIMIT $2
-            FOR UPDATE SKIP LOCKED)",
+            FOR UPDATE SKIP LOCKED))",
     )
     .bind::<Interval, _>(older_than)
     .bind::<Integer, _>(PRUNE_BATCH)
@@ -202,9 +204,13 @@ async fn read(conn: &mut Conn, cursor: &Cursor) -> QueryResult<(Vec<Row>, Cursor
             let now: Start = diesel::sql_query(SNAPSHOT).get_result(conn).await?;
             let mut rows: Vec<Row> = o::event_outbox
                 .filter(o::id.le(cursor.max_id))
+                // Bounded above by the current xmax (rows above it are invisible anyway),
+                // so that a generic plan still estimates few rows and uses the xact_id
+                // index instead of scanning every id up to max_id.
                 .filter(
                     o::xact_id
                         .ge(cursor.xmax)
+                        .and(o::xact_id.lt(now.xmax))
                         .or(o::xact_id.eq_any(&cursor.xip)),
                 )
                 .order(o::id)
