@@ -236,6 +236,40 @@ async fn an_outbox_id_that_commits_after_a_later_one_is_still_delivered_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_id_taken_before_its_transaction_had_an_xid_is_still_delivered() {
+    // An INSERT draws its id before its transaction gets an xid: in between, a later id
+    // can commit and be read, and the earlier row's xid then postdates the tailer's
+    // snapshot. Modelled by drawing the id first and inserting it afterwards.
+    let app = spawn_app().await;
+    let mut seen = Seen::new(&app);
+    let mut conn = connect(&app).await;
+    #[derive(diesel::QueryableByName)]
+    struct Drawn {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+    let drawn: Drawn =
+        diesel::sql_query("SELECT nextval(pg_get_serial_sequence('event_outbox', 'id')) AS id")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    commit_one(&app, "later").await;
+    seen.until("later").await;
+    diesel::sql_query(
+        "INSERT INTO event_outbox (id, topic, payload) OVERRIDING SYSTEM VALUE
+         VALUES ($1, $2, '{\"name\": \"earlier\"}')",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(drawn.id)
+    .bind::<diesel::sql_types::Text, _>(TOPIC)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    app.state.events.outbox_written();
+    commit_one(&app, "end").await;
+    assert_eq!(seen.until("end").await, ["later", "earlier", "end"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn outbox_events_arrive_without_a_wake_up_by_polling() {
     let url = fresh_database(true).await;
     let a = spawn_app_on(&url, &[("PODIUM_JOBS_ENABLED", "false")]).await;
