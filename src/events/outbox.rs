@@ -65,7 +65,7 @@ const BATCH: i64 = 1000;
 /// Rows older than this are deleted.
 pub const RETENTION: Duration = Duration::from_secs(3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-const PRUNE_BATCH: i32 = 10_000;
+const PRUNE_BATCH: i32 = 5000;
 
 /// Adds an event on `topic` to the outbox, inside the caller's transaction: it is delivered
 /// to every replica's subscribers once that transaction commits, never if it rolls back.
@@ -106,9 +106,10 @@ pub async fn enqueue_all(conn: &mut Conn, messages: &[Message]) -> QueryResult<(
         .map(drop)
 }
 
-/// Deletes up to `PRUNE_BATCH` rows created more than `older_than` ago; returns how many.
-/// It stops at the oldest young row, so it reads only the rows it deletes (the pruning
-/// repeats until a batch comes back short).
+/// Deletes up to `PRUNE_BATCH` rows created more than `older_than` ago, oldest first;
+/// returns how many. It stops at the oldest young row, so it reads only the rows it
+/// deletes (tailers repeat it, a batch per round, until a batch comes back short). A
+/// transaction left open for longer than `older_than` may lose its events.
 pub async fn prune(conn: &mut Conn, older_than: Duration) -> QueryResult<usize> {
     let older_than = diesel::data_types::PgInterval::from_microseconds(
         i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX),
@@ -319,8 +320,8 @@ impl Tailer {
             // One round per interval at most: a burst of writes and wake-ups shares one
             // NOTIFY and one read.
             let round = Instant::now();
-            // Taken before the NOTIFY goes out: an `outbox_written` after this point
-            // (whose commit the others may not see yet) sets it again for the next round.
+            // Cleared before the NOTIFY: a write whose `outbox_written` comes after this
+            // sets it again, so every enqueueing commit is followed by a NOTIFY sent later.
             if signals.notify_pending.swap(false, Ordering::AcqRel) {
                 let sent = diesel::sql_query(format!("NOTIFY {WAKE_CHANNEL}"))
                     .execute(&mut conn)
@@ -330,11 +331,20 @@ impl Tailer {
                 }
                 sent?;
             }
-            let full = self.deliver(&mut conn).await?;
+            let mut more = self.deliver(&mut conn).await?;
+            // One batch per round, so that a large prune never holds up delivery for long.
             if round >= self.next_prune {
-                self.prune(&mut conn).await?;
+                let pruned = prune(&mut conn, RETENTION).await?;
+                if pruned < PRUNE_BATCH as usize {
+                    self.next_prune = round + PRUNE_EVERY;
+                } else {
+                    more = true;
+                }
+                if pruned > 0 {
+                    tracing::debug!(rows = pruned, "outbox rows pruned");
+                }
             }
-            if !full {
+            if !more {
                 tokio::select! {
                     _ = signals.wake.notified() => {}
                     _ = poll.tick() => {}
@@ -359,21 +369,5 @@ impl Tailer {
         }
         self.cursor = Some(next);
         Ok(full)
-    }
-
-    async fn prune(&mut self, conn: &mut Conn) -> anyhow::Result<()> {
-        self.next_prune = Instant::now() + PRUNE_EVERY;
-        let mut total = 0;
-        loop {
-            let n = prune(conn, RETENTION).await?;
-            total += n;
-            if n < PRUNE_BATCH as usize {
-                break;
-            }
-        }
-        if total > 0 {
-            tracing::debug!(rows = total, "outbox pruned");
-        }
-        Ok(())
     }
 }
