@@ -285,6 +285,33 @@ async fn outbox_events_arrive_without_a_wake_up_by_polling() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_outbox_tailer_reconnects_where_it_left_off() {
+    let app = spawn_app().await;
+    let mut seen = Seen::new(&app);
+    commit_one(&app, "before").await;
+    seen.until("before").await;
+
+    let mut admin = connect(&app).await;
+    #[derive(diesel::QueryableByName)]
+    struct Killed {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let killed: Killed = diesel::sql_query(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'podium-outbox'",
+    )
+    .get_result(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(killed.n, 1, "the tailer has a connection of its own");
+    // Written while the tailer may be down: found after it reconnects, nothing repeated.
+    commit_one(&app, "during").await;
+    commit_one(&app, "end").await;
+    assert_eq!(seen.until("end").await, ["before", "during", "end"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn many_outbox_transactions_send_only_a_few_notifies() {
     const EVERY_MS: u128 = 100;
     let app = Arc::new(spawn_app_with(&[("PODIUM_OUTBOX_NOTIFY_MS", "100")]).await);
