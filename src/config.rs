@@ -122,6 +122,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// Pending heartbeats are written at least this often.
     pub heartbeat_flush: Duration,
+    /// A replica reads the event outbox, and wakes the others' (one NOTIFY), at most this often.
+    pub outbox_notify: Duration,
     /// A node silent for longer becomes INACTIVE (and counts as offline).
     pub node_stale_after: Duration,
     pub node_staleness_cron: String,
@@ -293,6 +295,9 @@ impl Settings {
             ),
             heartbeat_flush: Duration::from_millis(
                 env.positive("PODIUM_HEARTBEAT_FLUSH_MS", 500)?.min(1000),
+            ),
+            outbox_notify: Duration::from_millis(
+                env.positive("PODIUM_OUTBOX_NOTIFY_MS", 25)?.min(1000),
             ),
             node_stale_after: Duration::from_secs(
                 env.positive("PODIUM_NODE_STALE_AFTER_SECS", 60)?,

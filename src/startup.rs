@@ -105,7 +105,7 @@ impl Application {
     }
 }
 
-/// The event listener, the heartbeat flusher, and (unless disabled) job workers and the scheduler.
+/// The event listener and outbox tailer, the heartbeat flusher, and (unless disabled) job workers and the scheduler.
 async fn spawn_background(
     state: &AppState,
     url: &str,
@@ -122,6 +122,11 @@ async fn spawn_background(
         state
             .events
             .spawn_listener(url.to_string(), stopping.clone()),
+        state.events.spawn_outbox_tailer(
+            url.to_string(),
+            state.settings.outbox_notify,
+            stopping.clone(),
+        ),
         state
             .heartbeats
             .clone()
@@ -165,6 +170,13 @@ async fn spawn_background(
         .await
     {
         tracing::warn!("the event listener is not connected yet; live events may be delayed");
+    }
+    if !state
+        .events
+        .wait_tailing(std::time::Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!("the event outbox tailer is not connected yet; live events may be delayed");
     }
     tasks
 }

@@ -14,6 +14,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    event_outbox (id) {
+        id -> Int8,
+        topic -> Text,
+        payload -> Jsonb,
+        xact_id -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     idempotency_keys (user_id, key) {
         user_id -> Uuid,
         key -> Text,
@@ -346,6 +356,7 @@ diesel::joinable!(wallets -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
+    event_outbox,
     idempotency_keys,
     invoice_counters,
     invoice_lines,

@@ -4,6 +4,13 @@
 //!
 //! A transport only: a message is a topic and a JSON payload, `{"topic": ..., "payload": ...}`
 //! on the wire. Each domain defines its topics, payload types and who may receive them.
+//!
+//! `publish` NOTIFYs per transaction, and a commit that NOTIFYs takes a global lock: it is
+//! for low-rate writers. High-rate writers use the outbox (`enqueue`, see `outbox`).
+
+pub mod outbox;
+
+pub use outbox::{enqueue, enqueue_all};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +75,7 @@ pub struct EventBus {
     listening: watch::Receiver<bool>,
     listening_tx: Arc<watch::Sender<bool>>,
     observers: Arc<std::sync::RwLock<Vec<Observer>>>,
+    outbox: Arc<outbox::Signals>,
 }
 
 impl Default for EventBus {
@@ -79,6 +87,7 @@ impl Default for EventBus {
             listening,
             listening_tx: Arc::new(listening_tx),
             observers: Arc::default(),
+            outbox: Arc::default(),
         }
     }
 }
@@ -170,6 +179,9 @@ impl EventBus {
         diesel::sql_query(format!("LISTEN {CHANNEL}"))
             .execute(&mut conn)
             .await?;
+        diesel::sql_query(format!("LISTEN {}", outbox::WAKE_CHANNEL))
+            .execute(&mut conn)
+            .await?;
         self.listening_tx.send_replace(true);
         tracing::debug!("listening for events");
         let mut health = tokio::time::interval(Duration::from_secs(15));
@@ -184,6 +196,9 @@ impl EventBus {
                 }
             };
             match next {
+                Some(Some(Ok(notification))) if notification.channel == outbox::WAKE_CHANNEL => {
+                    self.outbox.woken_remotely();
+                }
                 Some(Some(Ok(notification))) => {
                     match serde_json::from_str::<Message>(&notification.payload) {
                         Ok(message) => self.deliver(message),

@@ -12,6 +12,7 @@ mod infra;
 mod jobs;
 mod limits;
 mod nodes;
+mod outbox;
 mod over_http;
 mod rest;
 mod schema;
