@@ -1,10 +1,11 @@
-//! Billing's live events and who may receive them.
+//! Billing's live events and who may receive them. Events carry ids; a subscriber reads
+//! the rows through the service (as it may see them now). They go through the event
+//! outbox (`events::enqueue`): renewals write thousands per second, which NOTIFY per
+//! transaction could not carry.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::model::WalletTransaction;
-use crate::auth::Identity;
 use crate::db::Conn;
 
 /// A wallet moved: its owner sees the new balance and the movement.
@@ -14,14 +15,7 @@ pub const WALLET_TOPIC: &str = "billing.wallet";
 #[serde(rename_all = "camelCase")]
 pub struct WalletEvent {
     pub user_id: Uuid,
-    pub transaction: WalletTransaction,
-}
-
-impl WalletEvent {
-    /// Only the wallet's owner hears about it.
-    pub fn visible_to(&self, identity: &Identity) -> bool {
-        identity.actor().is_ok_and(|a| a.user_id == self.user_id)
-    }
+    pub transaction_id: Uuid,
 }
 
 /// Queues an event for delivery after the surrounding transaction commits.
@@ -30,5 +24,5 @@ pub async fn emit(
     topic: &str,
     payload: &impl Serialize,
 ) -> diesel::QueryResult<()> {
-    crate::events::publish(conn, topic, payload).await
+    crate::events::enqueue(conn, topic, payload).await
 }

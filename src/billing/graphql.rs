@@ -395,13 +395,11 @@ impl BillingSubscription {
         Ok(crate::graphql::live(
             ctx,
             WALLET_TOPIC,
-            |_state, identity, event: WalletEvent| async move {
-                Ok(event.visible_to(&identity).then(|| WalletChange {
-                    balance: Money::new(
-                        event.transaction.balance_after,
-                        &event.transaction.currency,
-                    ),
-                    transaction: event.transaction,
+            |state, identity, event: WalletEvent| async move {
+                let seen = service::wallet_event_for(&state, &identity, &event).await?;
+                Ok(seen.map(|transaction| WalletChange {
+                    balance: Money::new(transaction.balance_after, &transaction.currency),
+                    transaction,
                 }))
             },
         )?)

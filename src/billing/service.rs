@@ -304,6 +304,22 @@ pub async fn settle_soon(conn: &mut Conn, user_id: Uuid) -> AppResult<()> {
 
 // ---- reading
 
+/// A wallet event as `identity` may see it now: the movement, for the wallet's owner only.
+pub async fn wallet_event_for(
+    state: &AppState,
+    identity: &Identity,
+    event: &super::events::WalletEvent,
+) -> AppResult<Option<WalletTransaction>> {
+    let actor = identity.actor()?;
+    if actor.user_id != event.user_id {
+        return Ok(None);
+    }
+    let mut conn = state.pool.get().await?;
+    Ok(model::find_transaction(&mut conn, event.transaction_id)
+        .await?
+        .filter(|t| t.user_id == actor.user_id))
+}
+
 /// The caller's wallet (an empty one before its first movement).
 pub async fn my_wallet(state: &AppState, identity: &Identity) -> AppResult<Wallet> {
     let actor = identity.actor()?;
@@ -448,6 +464,7 @@ pub async fn adjust_balance(
     })
     .await?;
     state.jobs_wakeup.notify_waiters();
+    state.events.outbox_written();
     Ok(tx)
 }
 
@@ -512,6 +529,7 @@ pub async fn refund(
     })
     .await?;
     state.jobs_wakeup.notify_waiters();
+    state.events.outbox_written();
     Ok(tx)
 }
 

@@ -100,7 +100,7 @@ pub async fn post(conn: &mut Conn, p: &Posting<'_>) -> AppResult<Posted> {
         WALLET_TOPIC,
         &WalletEvent {
             user_id: p.user_id,
-            transaction: row.clone(),
+            transaction_id: row.id,
         },
     )
     .await?;

@@ -12,6 +12,7 @@
 //! path handles. Safety is the same as there: rows are locked (SKIP LOCKED, so replicas
 //! take disjoint batches), the period is read from the locked row, and the debit's unique
 //! key and the invoice's (subscription, purpose) key make a second charge impossible.
+//! Its live events go to the outbox in the same statement.
 
 use chrono::{DateTime, Datelike, Utc};
 use diesel::sql_types::{Int4, Int8, Nullable, Text, Timestamptz};
@@ -90,6 +91,12 @@ pub async fn renew_batch(
                    'Renewal of "' || n.name || '": ' || n.service_name || ' ' || n.plan_name,
                    n.id, n.invoice_id, 'charge:' || n.id || ':period:' || n.start_epoch, $1
             FROM numbered n JOIN inv ON inv.id = n.invoice_id
+            RETURNING id, user_id
+        ), events AS (
+            INSERT INTO event_outbox (topic, payload)
+            SELECT $6, jsonb_build_object('userId', user_id, 'transactionId', id) FROM ledger
+            UNION ALL
+            SELECT $7, jsonb_build_object('subscriptionId', id, 'userId', user_id) FROM go
         ), debited AS (
             UPDATE wallets w SET balance = go.balance - go.total, updated_at = $1
             FROM go WHERE w.user_id = go.user_id
@@ -105,6 +112,8 @@ pub async fn renew_batch(
     .bind::<Int4, _>(billing.tax_rate_bp)
     .bind::<Int4, _>(now.year())
     .bind::<Nullable<Text>, _>(tax_name)
+    .bind::<Text, _>(crate::billing::events::WALLET_TOPIC)
+    .bind::<Text, _>(super::events::TOPIC)
     .load::<Subscription>(conn)
     .await
 }

@@ -148,6 +148,7 @@ async fn renew_in_bulk(state: &AppState) -> anyhow::Result<usize> {
     }
     if total > 0 {
         tracing::info!(renewed = total, "subscriptions renewed in bulk");
+        super::service::committed(state);
     }
     Ok(total)
 }
@@ -202,7 +203,7 @@ where
     }
     if summary.changed() > 0 {
         tracing::info!(?summary, "billing cycle ran");
-        state.jobs_wakeup.notify_waiters();
+        super::service::committed(state);
     }
     Ok(summary)
 }
@@ -437,6 +438,7 @@ pub async fn settle_user(state: &AppState, user_id: Uuid) -> anyhow::Result<usiz
             .await
             .map_err(|e| anyhow::anyhow!("settling subscription {id}: {e:?}"))?;
         if done {
+            super::service::committed(state);
             settled += 1;
             tracing::info!(subscription_id = %id, %user_id, "overdue subscription settled");
         } else {

@@ -1,9 +1,10 @@
-//! Subscription events and who may receive them.
+//! Subscription events: ids only; subscribers read the subscription through the service,
+//! as they may see it now. Through the event outbox (renewals write thousands a second).
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::model::Subscription;
-use crate::auth::Identity;
 use crate::db::Conn;
 
 /// A subscription changed: its owner and administrators hear about it.
@@ -12,24 +13,18 @@ pub const TOPIC: &str = "subscriptions.changed";
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionChanged {
-    pub subscription: Subscription,
-}
-
-impl SubscriptionChanged {
-    pub fn visible_to(&self, identity: &Identity) -> bool {
-        identity
-            .actor()
-            .is_ok_and(|a| a.is_admin() || a.user_id == self.subscription.user_id)
-    }
+    pub subscription_id: Uuid,
+    pub user_id: Uuid,
 }
 
 /// Queues the event of a changed subscription (delivered once the transaction commits).
 pub async fn changed(conn: &mut Conn, subscription: &Subscription) -> diesel::QueryResult<()> {
-    crate::events::publish(
+    crate::events::enqueue(
         conn,
         TOPIC,
         &SubscriptionChanged {
-            subscription: subscription.clone(),
+            subscription_id: subscription.id,
+            user_id: subscription.user_id,
         },
     )
     .await

@@ -332,8 +332,8 @@ impl SubscriptionsSubscription {
         Ok(crate::graphql::live(
             ctx,
             TOPIC,
-            |_state, identity, event: SubscriptionChanged| async move {
-                Ok(event.visible_to(&identity).then_some(event.subscription))
+            |state, identity, event: SubscriptionChanged| async move {
+                service::changed_for(&state, &identity, &event).await
             },
         )?)
     }

@@ -130,9 +130,11 @@ async fn within_limits(
     Ok(())
 }
 
-/// After commit: wake this replica's job workers (the provisioning or settling job).
-fn committed(state: &AppState) {
+/// After commit: wake this replica's job workers (the provisioning or settling job) and
+/// its event outbox.
+pub(super) fn committed(state: &AppState) {
     state.jobs_wakeup.notify_waiters();
+    state.events.outbox_written();
 }
 
 // ---- buying
@@ -639,6 +641,7 @@ async fn update(
         Ok(saved)
     })
     .await
+    .inspect(|_| committed(state))
 }
 
 /// An administrator stops a subscription's service (its instance stopped, data kept);
@@ -753,6 +756,23 @@ pub async fn list(
         model::count(conn, filter).boxed()
     });
     Ok(Page::from_rows(rows, &page, total))
+}
+
+/// A subscription event as `identity` may see it now: its owner's, or any for
+/// administrators.
+pub async fn changed_for(
+    state: &AppState,
+    identity: &Identity,
+    event: &events::SubscriptionChanged,
+) -> AppResult<Option<Subscription>> {
+    let actor = identity.actor()?;
+    if !actor.is_admin() && actor.user_id != event.user_id {
+        return Ok(None);
+    }
+    let mut conn = state.pool.get().await?;
+    Ok(model::find(&mut conn, event.subscription_id)
+        .await?
+        .filter(|s| may_act(actor, s).is_ok()))
 }
 
 /// Subscriptions by id that the caller may read (for DataLoaders).
