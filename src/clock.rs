@@ -14,33 +14,37 @@ const RUNNING: i64 = i64::MIN;
 /// The system clock plus an offset that only moves forward; or stopped at an instant.
 #[derive(Clone, Debug)]
 pub struct Clock {
-    offset_ms: Arc<AtomicI64>,
-    stopped_at_ms: Arc<AtomicI64>,
+    offset_us: Arc<AtomicI64>,
+    stopped_at_us: Arc<AtomicI64>,
 }
 
 impl Default for Clock {
     fn default() -> Self {
         Clock {
-            offset_ms: Arc::new(AtomicI64::new(0)),
-            stopped_at_ms: Arc::new(AtomicI64::new(RUNNING)),
+            offset_us: Arc::new(AtomicI64::new(0)),
+            stopped_at_us: Arc::new(AtomicI64::new(RUNNING)),
         }
     }
 }
 
 impl Clock {
+    /// Whole microseconds, as PostgreSQL stores them: a time read here and written there
+    /// compares equal when read back.
     pub fn now(&self) -> DateTime<Utc> {
-        match self.stopped_at_ms.load(Ordering::Relaxed) {
-            RUNNING => Utc::now() + Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed)),
-            at => DateTime::from_timestamp_millis(at).expect("a valid instant"),
-        }
+        let micros = match self.stopped_at_us.load(Ordering::Relaxed) {
+            RUNNING => Utc::now().timestamp_micros() + self.offset_us.load(Ordering::Relaxed),
+            at => at,
+        };
+        DateTime::from_timestamp_micros(micros).expect("a valid instant")
     }
 
     /// Moves this clock (and every clone of it) forward.
     pub fn advance(&self, by: Duration) {
-        let by = by.num_milliseconds().max(0);
-        self.offset_ms.fetch_add(by, Ordering::Relaxed);
+        // Microseconds: what PostgreSQL keeps of a timestamp.
+        let by = by.num_microseconds().unwrap_or(i64::MAX).max(0);
+        self.offset_us.fetch_add(by, Ordering::Relaxed);
         let _ = self
-            .stopped_at_ms
+            .stopped_at_us
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |at| {
                 (at != RUNNING).then_some(at + by)
             });
@@ -56,8 +60,8 @@ impl Clock {
 
     /// Stops the clock at its current reading: it moves only when advanced.
     pub fn stop(&self) {
-        let now = self.now().timestamp_millis();
-        self.stopped_at_ms.store(now, Ordering::Relaxed);
+        let now = self.now().timestamp_micros();
+        self.stopped_at_us.store(now, Ordering::Relaxed);
     }
 }
 

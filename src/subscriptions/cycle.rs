@@ -260,7 +260,7 @@ async fn decide(
             let mut cycle = sub.cycle();
             cycle.updated_at = now;
             let step = if grace_over {
-                // Never before the paid period ends: grace starts at its end.
+                // Never before the paid period ends: grace starts after it.
                 cycle.status = SubscriptionStatus::Suspended;
                 cycle.suspended_at = sub.grace_until;
                 cycle.next_retry_at = None;
@@ -268,11 +268,11 @@ async fn decide(
                 Step::Suspended
             } else {
                 cycle.failed_charges += 1;
-                cycle.next_retry_at = next_retry(
-                    sub.current_period_end,
-                    &billing_settings.dunning_retry_days,
-                    now,
-                );
+                // Retries count from the first failed charge, when grace began.
+                let began = sub.grace_until.map_or(sub.current_period_end, |g| {
+                    g - Duration::days(i64::from(billing_settings.grace_days))
+                });
+                cycle.next_retry_at = next_retry(began, &billing_settings.dunning_retry_days, now);
                 Step::Retried
             };
             let saved = model::save(conn, sub.id, &cycle).await?;
@@ -296,14 +296,10 @@ async fn decide(
     }
 }
 
-/// The first retry day after `now`, counted from the end of the unpaid period.
-fn next_retry(
-    period_end: DateTime<Utc>,
-    days: &[u32],
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
+/// The first retry day after `now`, counted from the first failed charge.
+fn next_retry(began: DateTime<Utc>, days: &[u32], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     days.iter()
-        .map(|d| period_end + Duration::days(i64::from(*d)))
+        .map(|d| began + Duration::days(i64::from(*d)))
         .find(|t| *t > now)
 }
 
@@ -350,22 +346,14 @@ async fn renew(
         }
         Ok(Err(_short)) => {
             billing::issue_open(conn, billing_settings, &charge).await?;
-            cycle.status = SubscriptionStatus::PastDue;
             cycle.price = price;
-            cycle.failed_charges = 1;
-            cycle.grace_until =
-                Some(start + Duration::days(i64::from(billing_settings.grace_days)));
-            cycle.next_retry_at = next_retry(start, &billing_settings.dunning_retry_days, now);
+            past_due(&mut cycle, billing_settings, now);
             Step::PastDue
         }
         // A plan now priced in another currency than the wallet: can't be charged.
         Err(AppError::Conflict(why)) => {
             tracing::warn!(subscription_id = %sub.id, why, "renewal can't be charged");
-            cycle.status = SubscriptionStatus::PastDue;
-            cycle.failed_charges = 1;
-            cycle.grace_until =
-                Some(start + Duration::days(i64::from(billing_settings.grace_days)));
-            cycle.next_retry_at = next_retry(start, &billing_settings.dunning_retry_days, now);
+            past_due(&mut cycle, billing_settings, now);
             Step::PastDue
         }
         Err(e) => return Err(e),
@@ -373,6 +361,20 @@ async fn renew(
     let saved = model::save(conn, sub.id, &cycle).await?;
     events::changed(conn, &saved).await?;
     Ok(step)
+}
+
+/// The first failed charge: grace and retries count from now, not from the period's end,
+/// so a charge that fails late (after downtime, or after an administrator's suspension)
+/// still gets the whole grace period. The service keeps running meanwhile.
+fn past_due(
+    cycle: &mut model::Cycle,
+    billing: &crate::config::BillingSettings,
+    now: DateTime<Utc>,
+) {
+    cycle.status = SubscriptionStatus::PastDue;
+    cycle.failed_charges = 1;
+    cycle.grace_until = Some(now + Duration::days(i64::from(billing.grace_days)));
+    cycle.next_retry_at = next_retry(now, &billing.dunning_retry_days, now);
 }
 
 /// Pays a PAST_DUE or SUSPENDED subscription's open invoice if the wallet covers it, and

@@ -85,12 +85,16 @@ async fn an_empty_wallet_goes_past_due_then_suspended_after_grace_then_active_ri
     let (user, id) = subscribed(&app, &admin, 0).await;
     let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
 
-    tick(&app, end + Duration::minutes(1)).await;
+    // Charged at the period's end, a minute late: grace and retries count from then.
+    let failed = end + Duration::minutes(1);
+    app.state.clock.stop();
+    app.state.clock.advance_to(failed);
+    tick(&app, failed).await;
     let due = sub(&app, &user, &id).await;
     assert_eq!(due["status"], "PAST_DUE");
     assert_eq!(due["failedCharges"], 1);
-    assert_eq!(at(&due["graceUntil"]), end + Duration::days(7));
-    assert_eq!(at(&due["nextRetryAt"]), end + Duration::days(1));
+    assert_eq!(at(&due["graceUntil"]), failed + Duration::days(7));
+    assert_eq!(at(&due["nextRetryAt"]), failed + Duration::days(1));
     assert_eq!(
         due["instance"]["desiredState"], "RUNNING",
         "the paid period is never suspended"
@@ -99,21 +103,29 @@ async fn an_empty_wallet_goes_past_due_then_suspended_after_grace_then_active_ri
     assert_eq!(open["status"], "OPEN");
     assert_eq!(at(&open["periodStart"]), end);
 
-    // Dunning retries on days 1, 3 and 5 of grace.
-    for (day, failed, next) in [(1, 2, Some(3)), (3, 3, Some(5)), (5, 4, None)] {
-        tick(&app, end + Duration::days(day) + Duration::minutes(1)).await;
+    // Dunning retries on days 1, 3 and 5 of grace, not a second early.
+    tick(&app, failed + Duration::days(1) - Duration::seconds(1)).await;
+    assert_eq!(sub(&app, &user, &id).await["failedCharges"], 1);
+    for (day, failures, next) in [(1, 2, Some(3)), (3, 3, Some(5)), (5, 4, None)] {
+        tick(&app, failed + Duration::days(day)).await;
         let s = sub(&app, &user, &id).await;
         assert_eq!(s["status"], "PAST_DUE", "day {day}");
-        assert_eq!(s["failedCharges"], failed, "day {day}");
+        assert_eq!(s["failedCharges"], failures, "day {day}");
         assert_eq!(
             s["nextRetryAt"].as_str().map(|_| at(&s["nextRetryAt"])),
-            next.map(|d| end + Duration::days(d))
+            next.map(|d| failed + Duration::days(d))
         );
     }
-    tick(&app, end + Duration::days(7) + Duration::minutes(1)).await;
+    tick(&app, failed + Duration::days(7) - Duration::seconds(1)).await;
+    assert_eq!(
+        sub(&app, &user, &id).await["status"],
+        "PAST_DUE",
+        "grace runs to its end"
+    );
+    tick(&app, failed + Duration::days(7)).await;
     let suspended = sub(&app, &user, &id).await;
     assert_eq!(suspended["status"], "SUSPENDED");
-    assert_eq!(at(&suspended["suspendedAt"]), end + Duration::days(7));
+    assert_eq!(at(&suspended["suspendedAt"]), failed + Duration::days(7));
     assert_eq!(suspended["instance"]["desiredState"], "STOPPED");
 
     // Money arrives: settled at once (by the job the credit queued), not at the next tick.
@@ -164,7 +176,7 @@ async fn expiry_after_thirty_days_suspended_deletes_the_instance_and_releases_th
     assert_eq!(used_quota(&app, &admin, "ghost", "Basic").await, 1);
     let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
     tick(&app, end + Duration::minutes(1)).await;
-    tick(&app, end + Duration::days(7) + Duration::minutes(1)).await;
+    tick(&app, end + Duration::days(7) + Duration::minutes(2)).await;
     assert_eq!(sub(&app, &user, &id).await["status"], "SUSPENDED");
     tick(&app, end + Duration::days(36)).await;
     assert_eq!(
@@ -172,7 +184,7 @@ async fn expiry_after_thirty_days_suspended_deletes_the_instance_and_releases_th
         "SUSPENDED",
         "not yet 30 days"
     );
-    tick(&app, end + Duration::days(37) + Duration::minutes(1)).await;
+    tick(&app, end + Duration::days(37) + Duration::minutes(3)).await;
     let expired = sub(&app, &user, &id).await;
     assert_eq!(expired["status"], "EXPIRED");
     assert_eq!(expired["instance"]["desiredState"], "DELETED");
@@ -375,14 +387,19 @@ async fn after_downtime_the_cycle_catches_up_period_by_period() {
     tick(&app, end + Duration::days(62) + Duration::hours(1)).await;
     let all = invoices(&app, &user).await;
     assert_eq!(all.len(), 4, "the first and three renewals");
-    let mut starts: Vec<DateTime<Utc>> = all[..3].iter().map(|i| at(&i["periodStart"])).collect();
-    starts.sort();
-    assert_eq!(starts[0], end);
-    for pair in all[..3].windows(2) {
+    let mut periods: Vec<(DateTime<Utc>, DateTime<Utc>)> = all
+        .iter()
+        .map(|i| (at(&i["periodStart"]), at(&i["periodEnd"])))
+        .collect();
+    periods.sort();
+    assert_eq!(
+        periods[1].0, end,
+        "the first renewal starts where the paid month ended"
+    );
+    for pair in periods.windows(2) {
         assert_eq!(
-            at(&pair[0]["periodStart"]),
-            at(&pair[1]["periodEnd"]),
-            "periods follow each other"
+            pair[0].1, pair[1].0,
+            "periods follow each other without a gap"
         );
     }
     assert_eq!(balance(&app, &user).await, "0.00");
@@ -412,4 +429,115 @@ async fn two_replicas_renewing_at_once_charge_each_subscription_once() {
         assert_eq!(balance(&app, user).await, "0.00");
         assert_eq!(invoices(&app, user).await.len(), 2);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrators_suspension_stops_the_instance_and_the_cycle_leaves_it_alone() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, id) = subscribed(&app, &admin, 0).await;
+    let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
+    let suspend = "mutation($id: ID!) { suspendSubscription(id: $id) { status suspendedByAdministrator instance { desiredState } } }";
+    let unsuspend = "mutation($id: ID!) { unsuspendSubscription(id: $id) { status instance { desiredState } } }";
+    // Customers can't lift it themselves, nor suspend.
+    assert_eq!(
+        app.gql(Some(&user.access), suspend, json!({ "id": id }))
+            .await
+            .code(),
+        "FORBIDDEN"
+    );
+    let r = app
+        .gql(Some(&admin.access), suspend, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(r.str("suspendSubscription.status"), "SUSPENDED");
+    assert_eq!(r.data("suspendSubscription.suspendedByAdministrator"), true);
+    assert_eq!(
+        r.str("suspendSubscription.instance.desiredState"),
+        "STOPPED"
+    );
+    assert_eq!(
+        app.gql(Some(&admin.access), suspend, json!({ "id": id }))
+            .await
+            .code(),
+        "CONFLICT"
+    );
+    assert_eq!(
+        app.gql(Some(&user.access), unsuspend, json!({ "id": id }))
+            .await
+            .code(),
+        "FORBIDDEN"
+    );
+
+    // Forty days on: not renewed, not expired, nothing charged.
+    tick(&app, end + Duration::days(40)).await;
+    assert_eq!(sub(&app, &user, &id).await["status"], "SUSPENDED");
+    assert_eq!(invoices(&app, &user).await.len(), 1);
+
+    let r = app
+        .gql(Some(&admin.access), unsuspend, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(r.str("unsuspendSubscription.status"), "ACTIVE");
+    assert_eq!(
+        r.str("unsuspendSubscription.instance.desiredState"),
+        "RUNNING"
+    );
+    // Its period ended meanwhile: the next run bills it (the wallet is empty: PAST_DUE).
+    tick(&app, end + Duration::days(40) + Duration::minutes(1)).await;
+    assert_eq!(sub(&app, &user, &id).await["status"], "PAST_DUE");
+    let audit = app
+        .gql(
+            Some(&admin.access),
+            "{ auditLog(first: 50) { edges { node { action } } } }",
+            json!({}),
+        )
+        .await
+        .0
+        .to_string();
+    assert!(audit.contains("subscription.suspend") && audit.contains("subscription.unsuspend"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let user = funded_user(&app, &admin, "careless", "100000").await;
+    let plan = plan_id(&app, "ghost", "Basic").await;
+    let long_key = "k".repeat(256);
+    for (vars, field) in [
+        (json!({ "plan": plan, "name": "  " }), "name"),
+        (json!({ "plan": plan, "name": "x".repeat(64) }), "name"),
+        (json!({ "plan": "not-an-id", "name": "ok" }), "planId"),
+        (
+            json!({ "plan": plan, "name": "ok", "key": long_key }),
+            "idempotencyKey",
+        ),
+    ] {
+        let r = app.gql(Some(&user.access), SUBSCRIBE, vars).await;
+        assert_eq!(r.code(), "BAD_USER_INPUT", "{field}");
+        assert!(
+            r.error()["extensions"]["fields"][field].is_array(),
+            "{field}: {:?}",
+            r.0
+        );
+    }
+    let unknown = app
+        .gql(
+            Some(&user.access),
+            SUBSCRIBE,
+            json!({ "plan": "00000000-0000-0000-0000-000000000000", "name": "ok" }),
+        )
+        .await;
+    assert_eq!(unknown.code(), "NOT_FOUND");
+    let anonymous = app
+        .gql(None, SUBSCRIBE, json!({ "plan": plan, "name": "ok" }))
+        .await;
+    assert_eq!(anonymous.code(), "UNAUTHENTICATED");
+    assert_eq!(
+        adjust(&app, &admin, &user.user_id, "12.345").await.code(),
+        "BAD_USER_INPUT",
+        "IDR has two decimals"
+    );
+    assert_eq!(balance(&app, &user).await, "100000.00");
 }
