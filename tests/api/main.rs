@@ -15,4 +15,5 @@ mod rest;
 mod schema;
 mod socket;
 mod subscriptions;
+mod topups;
 mod users;
