@@ -419,14 +419,14 @@ async fn reconciliation_settles_top_ups_whose_webhook_never_came() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_reconciliation_job_is_scheduled() {
+async fn the_reconciliation_job_is_scheduled_and_runs_from_the_queue() {
     use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
     #[derive(diesel::QueryableByName)]
     struct Cron {
         #[diesel(sql_type = diesel::sql_types::Text)]
         cron: String,
     }
-    let app = spawn_app().await;
+    let (app, _) = stripe_app(false).await;
     let mut conn = AsyncPgConnection::establish(&app.database_url)
         .await
         .unwrap();
@@ -448,6 +448,26 @@ async fn the_reconciliation_job_is_scheduled() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     assert_eq!(found.cron, app.state.settings.billing.top_up_reconcile_cron);
+
+    // A tick of it, run by the server's own workers, credits a paid top-up.
+    let (user, _) = app.register("queued").await;
+    let r = create_top_up(&app, &user.access, "35000", None).await.ok();
+    let intent = r.str("createTopUp.topUp.paymentIntentId");
+    assert_eq!(pay(&app, &intent, "pm_card_visa").await.0, 200);
+    app.state.clock.advance(chrono::Duration::minutes(10));
+    podium::jobs::model::enqueue(
+        &mut conn,
+        podium::jobs::BILLING_RECONCILE_TOP_UPS,
+        json!({}),
+        chrono::Utc::now(),
+        None,
+    )
+    .await
+    .unwrap();
+    eventually("the queued reconciliation credits the wallet", || async {
+        balance(&app, &user.access).await == "35000.00"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
