@@ -51,6 +51,7 @@ impl Application {
         let pool = db::connect_counted_pool(&url, settings.db_pool_size, queries.clone()).await?;
         tokio::task::spawn_blocking(password::warm_up);
 
+        let stripe = crate::billing::stripe::Stripe::from_settings(&settings.billing)?;
         let state = AppState {
             pool,
             jwt: JwtKeys::new(&secret, settings.access_token_ttl),
@@ -64,6 +65,7 @@ impl Application {
             catalog_cache: Arc::new(CatalogCache::new(settings.cache_ttl)),
             settings: Arc::new(settings),
             clock: Default::default(),
+            stripe,
         };
         let (shutdown, stopping) = watch::channel(false);
         let background = spawn_background(&state, &url, stopping).await;
@@ -197,6 +199,7 @@ fn serve(listener: TcpListener, state: AppState, schema: PodiumSchema) -> anyhow
             .route("/healthz", web::get().to(http::healthz))
             .route("/readyz", web::get().to(http::readyz))
             .route("/metrics", web::get().to(http::metrics))
+            .route("/webhooks/stripe", web::post().to(http::stripe_webhook))
             .service(
                 web::resource("/graphql")
                     .route(web::post().to(handlers::graphql))

@@ -31,6 +31,8 @@ pub struct AppState {
     pub catalog_cache: Arc<CatalogCache>,
     /// The time billing reads (tests move it forward).
     pub clock: Clock,
+    /// The Stripe client for top-ups; `None` without `STRIPE_SECRET_KEY`.
+    pub stripe: Option<crate::billing::stripe::Stripe>,
 }
 
 /// Who is calling from where: for sessions, throttling and the audit trail.

@@ -13,7 +13,7 @@ use super::model::{
     Invoice, InvoiceFilter, InvoiceLine, InvoiceStatus, TopUp, TopUpStatus, TransactionFilter,
     TransactionType, Wallet, WalletTransaction,
 };
-use super::service;
+use super::{service, topup};
 use crate::auth::Identity;
 use crate::graphql::{ContextExt, PodiumConnection, connection, parse_id};
 use crate::money::Money;
@@ -157,6 +157,15 @@ impl TopUp {
     }
 }
 
+/// A started top-up: confirm its payment with Stripe.js using `clientSecret`; the wallet
+/// is credited when Stripe reports the payment succeeded.
+#[derive(SimpleObject)]
+pub struct CreateTopUpPayload {
+    pub top_up: TopUp,
+    /// The PaymentIntent's client secret, for Stripe.js (`stripe.confirmPayment`).
+    pub client_secret: String,
+}
+
 #[derive(SimpleObject)]
 pub struct InvoiceLineObject {
     pub description: String,
@@ -257,6 +266,23 @@ impl BillingQuery {
         Ok(service::my_wallet(ctx.state(), ctx.identity()).await?)
     }
 
+    /// The caller's top-ups, newest first.
+    #[graphql(complexity = "page_cost(first, child_complexity)")]
+    async fn my_top_ups(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<PodiumConnection<TopUp>> {
+        let page = PageArgs::new(first, after.as_deref())?;
+        let found = topup::my_top_ups(ctx.state(), ctx.identity(), page).await?;
+        Ok(connection(
+            found,
+            |t| Cursor::new(t.created_at, t.id),
+            |t| t,
+        ))
+    }
+
     /// The caller's invoices, newest first.
     #[graphql(complexity = "page_cost(first, child_complexity)")]
     async fn my_invoices(
@@ -346,6 +372,28 @@ pub struct BillingMutation;
 
 #[Object]
 impl BillingMutation {
+    /// Starts a top-up of the caller's wallet by card: `amount` is a decimal string in
+    /// major units of the platform currency (limits: `PODIUM_TOP_UP_MIN`/`MAX`). The same
+    /// `idempotencyKey` within 24 h returns the same top-up and client secret.
+    async fn create_top_up(
+        &self,
+        ctx: &Context<'_>,
+        amount: String,
+        idempotency_key: Option<String>,
+    ) -> Result<CreateTopUpPayload> {
+        let created = topup::create_top_up(
+            ctx.state(),
+            ctx.identity(),
+            &amount,
+            idempotency_key.as_deref(),
+        )
+        .await?;
+        Ok(CreateTopUpPayload {
+            top_up: created.top_up,
+            client_secret: created.client_secret,
+        })
+    }
+
     /// Administrators: credits (positive) or debits (negative, never below zero) a
     /// wallet, e.g. "-5000" or "25000.50", with the reason recorded and audited.
     async fn adjust_wallet_balance(

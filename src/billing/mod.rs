@@ -1,4 +1,4 @@
-//! Money: the wallet and its ledger, Stripe top-ups, invoices. Subscriptions (and the
+//! Money: the wallet and its ledger, Stripe top-ups (`topup`, `stripe`), invoices. Subscriptions (and the
 //! billing cycle that renews them) live in `subscriptions/` and move money only through
 //! `wallet::post` and `invoice::issue`.
 
@@ -7,4 +7,6 @@ pub mod graphql;
 pub mod invoice;
 pub mod model;
 pub mod service;
+pub mod stripe;
+pub mod topup;
 pub mod wallet;

@@ -260,16 +260,23 @@ pub async fn set_balance(
         .map(drop)
 }
 
+/// Remembers the wallet's Stripe customer unless one is already remembered (two first
+/// top-ups racing keep the first); returns the one the wallet now has.
 pub async fn set_stripe_customer(
     conn: &mut Conn,
     user_id: Uuid,
     customer_id: &str,
-) -> QueryResult<()> {
+) -> QueryResult<Option<String>> {
     diesel::update(wallets::table.find(user_id))
+        .filter(wallets::stripe_customer_id.is_null())
         .set(wallets::stripe_customer_id.eq(customer_id))
         .execute(conn)
+        .await?;
+    wallets::table
+        .find(user_id)
+        .select(wallets::stripe_customer_id)
+        .first(conn)
         .await
-        .map(drop)
 }
 
 pub async fn insert_transaction(
@@ -436,20 +443,76 @@ pub async fn settle_top_up(
         .map(drop)
 }
 
-/// PENDING top-ups created before `before`, oldest first.
+/// PENDING top-ups created before `before`, oldest first, after the `(created_at, id)`
+/// of the last one seen (a sweep pages through all of them, so old ones can't starve it).
 pub async fn stale_pending_top_ups(
     conn: &mut Conn,
     before: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> QueryResult<Vec<TopUp>> {
-    top_ups::table
+    let mut query = top_ups::table
         .filter(top_ups::status.eq(TopUpStatus::Pending))
         .filter(top_ups::created_at.lt(before))
-        .order(top_ups::created_at)
+        .into_boxed();
+    if let Some((created_at, id)) = after {
+        query = query.filter(
+            top_ups::created_at
+                .gt(created_at)
+                .or(top_ups::created_at.eq(created_at).and(top_ups::id.gt(id))),
+        );
+    }
+    query
+        .order((top_ups::created_at, top_ups::id))
         .limit(limit)
         .select(TopUp::as_select())
         .load(conn)
         .await
+}
+
+pub async fn list_top_ups(
+    conn: &mut Conn,
+    user_id: Uuid,
+    page: &PageArgs,
+) -> QueryResult<Vec<TopUp>> {
+    crate::newest_first_page!(
+        top_ups::table
+            .filter(top_ups::user_id.eq(user_id))
+            .into_boxed(),
+        top_ups,
+        page
+    )
+    .select(TopUp::as_select())
+    .load(conn)
+    .await
+}
+
+pub async fn count_top_ups(conn: &mut Conn, user_id: Uuid) -> QueryResult<i64> {
+    top_ups::table
+        .filter(top_ups::user_id.eq(user_id))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Records a provider's event; false when it was recorded before (act on it only once).
+pub async fn record_webhook_event(
+    conn: &mut Conn,
+    provider: &str,
+    event_id: &str,
+    event_type: &str,
+) -> QueryResult<bool> {
+    use crate::db::schema::processed_webhook_events as events;
+    let inserted = diesel::insert_into(events::table)
+        .values((
+            events::provider.eq(provider),
+            events::event_id.eq(event_id),
+            events::event_type.eq(event_type),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(inserted == 1)
 }
 
 // ---- invoices

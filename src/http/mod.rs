@@ -1,4 +1,5 @@
-//! Routes outside GraphQL: liveness and readiness probes, and response hardening.
+//! Routes outside GraphQL: liveness and readiness probes, metrics, Stripe's webhook, and
+//! response hardening.
 
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{HttpResponse, web};
@@ -105,6 +106,31 @@ pub async fn metrics(state: web::Data<AppState>, req: actix_web::HttpRequest) ->
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)
+}
+
+/// `POST /webhooks/stripe`: 200 once an event is handled (or deliberately ignored), 400 for
+/// a missing, wrong or stale signature (nothing is done), 500/503 so that Stripe retries.
+/// The body is read raw: the signature covers its exact bytes.
+pub async fn stripe_webhook(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    use crate::billing::topup::{WebhookResult, handle_webhook};
+    let signature = req
+        .headers()
+        .get("Stripe-Signature")
+        .and_then(|v| v.to_str().ok());
+    match handle_webhook(&state, &body, signature).await {
+        WebhookResult::Accepted => HttpResponse::Ok().json(json!({ "received": true })),
+        WebhookResult::Rejected(why) => HttpResponse::BadRequest().json(json!({ "error": why })),
+        WebhookResult::NotConfigured => HttpResponse::ServiceUnavailable()
+            .json(json!({ "error": "webhooks are not configured" })),
+        WebhookResult::Failed(e) => {
+            tracing::error!(error = ?e, "handling a Stripe webhook failed");
+            HttpResponse::InternalServerError().json(json!({ "error": "internal error" }))
+        }
+    }
 }
 
 /// Standard security headers on every response.

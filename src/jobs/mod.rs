@@ -23,5 +23,7 @@ pub const JOBS_PRUNE: &str = "jobs.prune";
 pub const BILLING_RENEWALS: &str = "billing.renewals";
 /// Retry, suspend and expire unpaid subscriptions.
 pub const BILLING_DUNNING: &str = "billing.dunning";
+/// Settle PENDING top-ups whose webhook never came, by asking Stripe.
+pub const BILLING_RECONCILE_TOP_UPS: &str = crate::billing::topup::RECONCILE_JOB;
 /// Sleeps, optionally panics: for watching workers and leases (see `runner`).
 pub const DIAGNOSTIC_SLEEP: &str = "diagnostic.sleep";

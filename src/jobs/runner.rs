@@ -15,7 +15,8 @@ use tracing::Instrument;
 
 use super::model::{self, Job};
 use super::{
-    BILLING_DUNNING, BILLING_RENEWALS, DIAGNOSTIC_SLEEP, JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP,
+    BILLING_DUNNING, BILLING_RECONCILE_TOP_UPS, BILLING_RENEWALS, DIAGNOSTIC_SLEEP, JOBS_PRUNE,
+    NODE_STALENESS, TOKEN_CLEANUP,
 };
 use crate::billing::service::SETTLE_JOB;
 use crate::state::AppState;
@@ -58,6 +59,13 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
         }
         BILLING_DUNNING => {
             crate::subscriptions::cycle::run_dunning(state).await?;
+            Ok(())
+        }
+        BILLING_RECONCILE_TOP_UPS => {
+            let done = crate::billing::topup::reconcile(state).await?;
+            if done.checked > 0 {
+                tracing::info!(?done, "top-ups reconciled with Stripe");
+            }
             Ok(())
         }
         SETTLE_JOB => {

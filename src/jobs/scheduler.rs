@@ -9,7 +9,10 @@ use diesel_async::AsyncConnection;
 use tokio::sync::watch;
 
 use super::model;
-use super::{BILLING_DUNNING, BILLING_RENEWALS, JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP};
+use super::{
+    BILLING_DUNNING, BILLING_RECONCILE_TOP_UPS, BILLING_RENEWALS, JOBS_PRUNE, NODE_STALENESS,
+    TOKEN_CLEANUP,
+};
 use crate::state::AppState;
 
 pub struct Schedule {
@@ -38,6 +41,10 @@ pub fn schedules(state: &AppState) -> Vec<Schedule> {
         Schedule {
             name: BILLING_DUNNING,
             cron: state.settings.billing.dunning_cron.clone(),
+        },
+        Schedule {
+            name: BILLING_RECONCILE_TOP_UPS,
+            cron: state.settings.billing.top_up_reconcile_cron.clone(),
         },
     ]
 }

@@ -18,4 +18,5 @@ mod rest;
 mod schema;
 mod socket;
 mod subscriptions;
+mod topups;
 mod users;

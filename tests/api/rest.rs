@@ -113,7 +113,16 @@ fn substitute(
 }
 
 async fn run_file(path: &std::path::Path) -> usize {
-    let app = spawn_app().await;
+    // Top-ups (rest/billing.http) talk to localstripe when `scripts/test` started it.
+    let stripe = std::env::var("PODIUM_TEST_STRIPE_URL").ok();
+    let overrides: Vec<(&str, &str)> = match &stripe {
+        Some(url) => vec![
+            ("STRIPE_SECRET_KEY", "sk_test_rest"),
+            ("STRIPE_API_BASE", url),
+        ],
+        None => Vec::new(),
+    };
+    let app = spawn_app_with(&overrides).await;
     app.seed().await;
     let (mut vars, requests) = parse(&std::fs::read_to_string(path).unwrap());
     vars.insert("baseUrl".into(), app.address.clone());

@@ -1,0 +1,577 @@
+//! Top-ups through Stripe, against localstripe (started by `scripts/test`): the wallet is
+//! credited exactly once per successful PaymentIntent, whether the signed webhook arrives
+//! once, twice, replayed later, or never (then the reconciliation job asks Stripe).
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const KEY: &str = "sk_test_podium";
+
+fn stripe_url() -> String {
+    std::env::var("PODIUM_TEST_STRIPE_URL").expect(
+        "PODIUM_TEST_STRIPE_URL is not set: run the tests with ./scripts/test, which starts localstripe",
+    )
+}
+
+/// A server talking to localstripe with its own webhook secret; with `webhook`, localstripe
+/// delivers its events to this server.
+async fn stripe_app(webhook: bool) -> (TestApp, String) {
+    let secret = format!("whsec_{}", Uuid::new_v4().simple());
+    let base = stripe_url();
+    let app = spawn_app_with(&[
+        ("STRIPE_SECRET_KEY", KEY),
+        ("STRIPE_WEBHOOK_SECRET", &secret),
+        ("STRIPE_API_BASE", &base),
+    ])
+    .await;
+    if webhook {
+        let url = format!("{}/webhooks/stripe", app.address);
+        let resp = app
+            .client
+            .post(format!(
+                "{base}/_config/webhooks/{}",
+                Uuid::new_v4().simple()
+            ))
+            .form(&[("url", url.as_str()), ("secret", secret.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "registering the webhook");
+    }
+    (app, secret)
+}
+
+/// A call to localstripe's API.
+async fn stripe_call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (u16, Value) {
+    let resp = app
+        .client
+        .request(method, format!("{}{path}", stripe_url()))
+        .bearer_auth(KEY)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Pays a PaymentIntent as the customer's browser would: attach the card, confirm.
+async fn pay(app: &TestApp, intent: &str, card: &str) -> (u16, Value) {
+    let (status, _) = stripe_call(
+        app,
+        reqwest::Method::POST,
+        &format!("/v1/payment_intents/{intent}"),
+        &[("payment_method", card)],
+    )
+    .await;
+    assert_eq!(status, 200, "attaching {card}");
+    stripe_call(
+        app,
+        reqwest::Method::POST,
+        &format!("/v1/payment_intents/{intent}/confirm"),
+        &[],
+    )
+    .await
+}
+
+const CREATE: &str = "mutation($a: String!, $k: String) { createTopUp(amount: $a, idempotencyKey: $k) { clientSecret topUp { id status paymentIntentId amount { amount currency } } } }";
+
+async fn create_top_up(app: &TestApp, token: &str, amount: &str, key: Option<&str>) -> Gql {
+    app.gql(Some(token), CREATE, json!({ "a": amount, "k": key }))
+        .await
+}
+
+async fn balance(app: &TestApp, token: &str) -> String {
+    app.gql(Some(token), "{ wallet { balance { amount } } }", json!({}))
+        .await
+        .ok()
+        .str("wallet.balance.amount")
+}
+
+/// The caller's TOP_UP movements.
+async fn top_up_movements(app: &TestApp, token: &str) -> Vec<Value> {
+    let r = app
+        .gql(
+            Some(token),
+            "{ wallet { transactions(type: TOP_UP) { totalCount edges { node { type amount { amount } balanceAfter { amount } reference } } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    r.data("wallet.transactions.edges")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"].clone())
+        .collect()
+}
+
+/// The caller's top-ups, newest first.
+async fn my_top_ups(app: &TestApp, token: &str) -> Vec<Value> {
+    let r = app
+        .gql(
+            Some(token),
+            "{ myTopUps(first: 50) { totalCount edges { node { id status paymentIntentId failureMessage settledAt } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    r.data("myTopUps.edges")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"].clone())
+        .collect()
+}
+
+async fn top_up_status(app: &TestApp, token: &str, id: &str) -> String {
+    my_top_ups(app, token)
+        .await
+        .into_iter()
+        .find(|t| t["id"] == id)
+        .unwrap_or_else(|| panic!("top-up {id} is listed"))["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// localstripe's event of this type about this PaymentIntent, as it sent it.
+async fn stripe_event(app: &TestApp, kind: &str, intent: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, list) = stripe_call(
+            app,
+            reqwest::Method::GET,
+            &format!("/v1/events?type={kind}&limit=10000"),
+            &[],
+        )
+        .await;
+        if let Some(event) = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["data"]["object"]["id"] == intent)
+        {
+            return event.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind} event for {intent}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Delivers a payload to the server's webhook with this `Stripe-Signature`.
+async fn deliver(app: &TestApp, payload: &str, signature: Option<&str>) -> u16 {
+    let mut req = app
+        .client
+        .post(format!("{}/webhooks/stripe", app.address))
+        .header("Content-Type", "application/json")
+        .body(payload.to_string());
+    if let Some(signature) = signature {
+        req = req.header("Stripe-Signature", signature);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+fn signed_now(payload: &str, secret: &str) -> String {
+    podium::billing::stripe::signature_header(
+        payload.as_bytes(),
+        secret,
+        chrono::Utc::now().timestamp(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paid_top_up_credits_the_wallet_once_even_when_the_webhook_repeats() {
+    let (app, secret) = stripe_app(true).await;
+    let (user, _) = app.register("payer").await;
+    let r = create_top_up(&app, &user.access, "50000", None).await.ok();
+    assert_eq!(r.str("createTopUp.topUp.status"), "PENDING");
+    assert_eq!(r.str("createTopUp.topUp.amount.amount"), "50000.00");
+    let id = r.str("createTopUp.topUp.id");
+    let intent = r.str("createTopUp.topUp.paymentIntentId");
+    assert!(r.str("createTopUp.clientSecret").starts_with(&intent));
+    assert_eq!(balance(&app, &user.access).await, "0.00");
+
+    let (status, paid) = pay(&app, &intent, "pm_card_visa").await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], "succeeded");
+    eventually("the webhook credits the wallet", || async {
+        balance(&app, &user.access).await == "50000.00"
+    })
+    .await;
+    assert_eq!(top_up_status(&app, &user.access, &id).await, "SUCCEEDED");
+
+    // The same event again (a retried delivery), twice, and a replay later under a
+    // fresh signature: acknowledged, and nothing moves.
+    let event = stripe_event(&app, "payment_intent.succeeded", &intent).await;
+    let payload = event.to_string();
+    for _ in 0..2 {
+        let status = deliver(&app, &payload, Some(&signed_now(&payload, &secret))).await;
+        assert_eq!(status, 200);
+    }
+    app.state.clock.advance(chrono::Duration::days(2));
+    let status = deliver(&app, &payload, Some(&signed_now(&payload, &secret))).await;
+    assert_eq!(status, 200);
+    // Even an event with a new id for the same PaymentIntent credits nothing more.
+    let mut copy = event.clone();
+    copy["id"] = json!(format!("evt_{}", Uuid::new_v4().simple()));
+    let copy = copy.to_string();
+    assert_eq!(
+        deliver(&app, &copy, Some(&signed_now(&copy, &secret))).await,
+        200
+    );
+
+    assert_eq!(balance(&app, &user.access).await, "50000.00");
+    let moves = top_up_movements(&app, &user.access).await;
+    assert_eq!(moves.len(), 1, "{moves:?}");
+    assert_eq!(moves[0]["amount"]["amount"], "50000.00");
+    assert_eq!(moves[0]["balanceAfter"]["amount"], "50000.00");
+    assert_eq!(moves[0]["reference"], intent.as_str());
+
+    // A second top-up uses the customer made by the first.
+    let second = create_top_up(&app, &user.access, "10000", None).await.ok();
+    let second_intent = second.str("createTopUp.topUp.paymentIntentId");
+    let customer_of = |pi: String| {
+        let app = &app;
+        async move {
+            stripe_call(
+                app,
+                reqwest::Method::GET,
+                &format!("/v1/payment_intents/{pi}"),
+                &[],
+            )
+            .await
+            .1["customer"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let customer = customer_of(intent.clone()).await;
+    assert!(customer.starts_with("cus_"));
+    assert_eq!(customer_of(second_intent).await, customer);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_with_a_bad_or_stale_signature_is_refused_and_credits_nothing() {
+    // No webhook registered: this test delivers the event itself.
+    let (app, secret) = stripe_app(false).await;
+    let (user, _) = app.register("forger").await;
+    let r = create_top_up(&app, &user.access, "20000", None).await.ok();
+    let id = r.str("createTopUp.topUp.id");
+    let intent = r.str("createTopUp.topUp.paymentIntentId");
+    let (status, _) = pay(&app, &intent, "pm_card_visa").await;
+    assert_eq!(status, 200);
+    let payload = stripe_event(&app, "payment_intent.succeeded", &intent)
+        .await
+        .to_string();
+    let now = chrono::Utc::now().timestamp();
+    let sign = |secret: &str, t: i64| {
+        podium::billing::stripe::signature_header(payload.as_bytes(), secret, t)
+    };
+
+    assert_eq!(deliver(&app, &payload, None).await, 400, "no signature");
+    assert_eq!(
+        deliver(&app, &payload, Some("garbage")).await,
+        400,
+        "malformed"
+    );
+    assert_eq!(
+        deliver(&app, &payload, Some(&sign("whsec_wrong", now))).await,
+        400,
+        "another secret"
+    );
+    assert_eq!(
+        deliver(&app, &payload, Some(&sign(&secret, now - 301))).await,
+        400,
+        "older than 300 s"
+    );
+    let tampered = payload.replace("20000", "90000");
+    assert_ne!(tampered, payload);
+    assert_eq!(
+        deliver(&app, &tampered, Some(&sign(&secret, now))).await,
+        400,
+        "a body other than the one signed"
+    );
+    assert_eq!(balance(&app, &user.access).await, "0.00");
+    assert_eq!(top_up_status(&app, &user.access, &id).await, "PENDING");
+
+    // The refusals recorded nothing: the genuine delivery still counts.
+    assert_eq!(
+        deliver(&app, &payload, Some(&sign(&secret, now))).await,
+        200
+    );
+    assert_eq!(balance(&app, &user.access).await, "20000.00");
+    assert_eq!(top_up_status(&app, &user.access, &id).await, "SUCCEEDED");
+
+    // Other event types are acknowledged and ignored.
+    let other = json!({ "id": "evt_other", "type": "customer.created", "data": { "object": { "id": "cus_x" } } }).to_string();
+    assert_eq!(
+        deliver(&app, &other, Some(&signed_now(&other, &secret))).await,
+        200
+    );
+    // An event about a PaymentIntent that is no top-up here is acknowledged too.
+    let unknown = json!({ "id": "evt_unknown", "type": "payment_intent.succeeded", "data": { "object": { "id": "pi_unknown", "status": "succeeded" } } }).to_string();
+    assert_eq!(
+        deliver(&app, &unknown, Some(&signed_now(&unknown, &secret))).await,
+        200
+    );
+    assert_eq!(balance(&app, &user.access).await, "20000.00");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_card_leaves_the_top_up_failed() {
+    let (app, _) = stripe_app(true).await;
+    let (user, _) = app.register("declined").await;
+    let r = create_top_up(&app, &user.access, "30000", None).await.ok();
+    let id = r.str("createTopUp.topUp.id");
+    let intent = r.str("createTopUp.topUp.paymentIntentId");
+    let (status, body) = pay(&app, &intent, "pm_card_chargeCustomerFail").await;
+    assert_eq!(status, 402, "{body}");
+    eventually("the failure webhook marks the top-up", || async {
+        top_up_status(&app, &user.access, &id).await == "FAILED"
+    })
+    .await;
+    let top_up = my_top_ups(&app, &user.access).await.remove(0);
+    assert!(
+        top_up["failureMessage"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{top_up}"
+    );
+    assert!(top_up["settledAt"].is_string());
+    assert_eq!(balance(&app, &user.access).await, "0.00");
+    assert!(top_up_movements(&app, &user.access).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_settles_top_ups_whose_webhook_never_came() {
+    // No webhook registered: Stripe's word reaches the server only by asking.
+    let (app, _) = stripe_app(false).await;
+    let (user, _) = app.register("unheard").await;
+    let start = |amount: &'static str| {
+        let (app, token) = (&app, user.access.clone());
+        async move {
+            let r = create_top_up(app, &token, amount, None).await.ok();
+            (
+                r.str("createTopUp.topUp.id"),
+                r.str("createTopUp.topUp.paymentIntentId"),
+            )
+        }
+    };
+    let (paid, paid_intent) = start("40000").await;
+    let (cancelled, cancelled_intent) = start("15000").await;
+    let (declined, declined_intent) = start("12000").await;
+    let (open, _) = start("11000").await;
+    assert_eq!(pay(&app, &paid_intent, "pm_card_visa").await.0, 200);
+    let (status, _) = stripe_call(
+        &app,
+        reqwest::Method::POST,
+        &format!("/v1/payment_intents/{cancelled_intent}/cancel"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        pay(&app, &declined_intent, "pm_card_chargeCustomerFail")
+            .await
+            .0,
+        402
+    );
+
+    // Too young: left for the webhook.
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!(done.checked, 0);
+    assert_eq!(top_up_status(&app, &user.access, &paid).await, "PENDING");
+
+    let after = app.state.settings.billing.top_up_reconcile_after;
+    app.state
+        .clock
+        .advance(chrono::Duration::from_std(after).unwrap() + chrono::Duration::seconds(1));
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!(
+        (done.checked, done.credited, done.closed, done.errors),
+        (4, 1, 2, 0)
+    );
+    assert_eq!(top_up_status(&app, &user.access, &paid).await, "SUCCEEDED");
+    assert_eq!(
+        top_up_status(&app, &user.access, &cancelled).await,
+        "CANCELLED"
+    );
+    assert_eq!(top_up_status(&app, &user.access, &declined).await, "FAILED");
+    assert_eq!(top_up_status(&app, &user.access, &open).await, "PENDING");
+    assert_eq!(balance(&app, &user.access).await, "40000.00");
+
+    // Run again (a second replica, the next tick): nothing more moves.
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!((done.checked, done.credited), (1, 0));
+    assert_eq!(balance(&app, &user.access).await, "40000.00");
+    assert_eq!(top_up_movements(&app, &user.access).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reconciliation_job_is_scheduled_and_runs_from_the_queue() {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Cron {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        cron: String,
+    }
+    let (app, _) = stripe_app(false).await;
+    let mut conn = AsyncPgConnection::establish(&app.database_url)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let found = loop {
+        let found: Vec<Cron> = diesel::sql_query(
+            "SELECT cron FROM schedules WHERE name = 'billing.reconcile_top_ups'",
+        )
+        .load(&mut conn)
+        .await
+        .unwrap();
+        if let Some(found) = found.into_iter().next() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the schedule is never registered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(found.cron, app.state.settings.billing.top_up_reconcile_cron);
+
+    // A tick of it, run by the server's own workers, credits a paid top-up.
+    let (user, _) = app.register("queued").await;
+    let r = create_top_up(&app, &user.access, "35000", None).await.ok();
+    let intent = r.str("createTopUp.topUp.paymentIntentId");
+    assert_eq!(pay(&app, &intent, "pm_card_visa").await.0, 200);
+    app.state.clock.advance(chrono::Duration::minutes(10));
+    podium::jobs::model::enqueue(
+        &mut conn,
+        podium::jobs::BILLING_RECONCILE_TOP_UPS,
+        json!({}),
+        chrono::Utc::now(),
+        None,
+    )
+    .await
+    .unwrap();
+    eventually("the queued reconciliation credits the wallet", || async {
+        balance(&app, &user.access).await == "35000.00"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_top_up_without_a_stripe_key_says_top_ups_are_not_configured() {
+    let app = spawn_app().await;
+    let (user, _) = app.register("nokey").await;
+    let r = create_top_up(&app, &user.access, "50000", None).await;
+    assert_eq!(r.code(), "CONFLICT");
+    let message = r.error()["message"].as_str().unwrap();
+    assert!(message.contains("not configured"), "{message}");
+    assert!(my_top_ups(&app, &user.access).await.is_empty());
+    // Anonymous callers are turned away before that.
+    let r = app
+        .gql(None, CREATE, json!({ "a": "50000", "k": null }))
+        .await;
+    assert_eq!(r.code(), "UNAUTHENTICATED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_idempotency_key_gives_one_top_up_and_one_payment_intent() {
+    let (app, _) = stripe_app(false).await;
+    let (user, _) = app.register("retrier").await;
+    let key = format!("topup-{}", Uuid::new_v4());
+    // Concurrent retries of one request (a client that timed out and retried).
+    let calls = (0..5).map(|_| create_top_up(&app, &user.access, "25000", Some(&key)));
+    let results: Vec<Gql> = futures_util::future::join_all(calls).await;
+    let mut ids = Vec::new();
+    let mut secrets = Vec::new();
+    for r in results {
+        let r = r.ok();
+        ids.push(r.str("createTopUp.topUp.id"));
+        secrets.push(r.str("createTopUp.clientSecret"));
+    }
+    // And once more, later.
+    let again = create_top_up(&app, &user.access, "25000", Some(&key))
+        .await
+        .ok();
+    ids.push(again.str("createTopUp.topUp.id"));
+    secrets.push(again.str("createTopUp.clientSecret"));
+    ids.dedup();
+    secrets.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    assert_eq!(my_top_ups(&app, &user.access).await.len(), 1);
+
+    // Stripe holds one PaymentIntent for this user's customer.
+    let intent = again.str("createTopUp.topUp.paymentIntentId");
+    let (_, pi) = stripe_call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/v1/payment_intents/{intent}"),
+        &[],
+    )
+    .await;
+    let customer = pi["customer"].as_str().unwrap().to_string();
+    let (_, all) = stripe_call(
+        &app,
+        reqwest::Method::GET,
+        "/v1/payment_intents?limit=10000",
+        &[],
+    )
+    .await;
+    let mine = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["customer"] == customer.as_str())
+        .count();
+    assert_eq!(mine, 1);
+
+    // The same key with another amount is a conflict; a new key is a new top-up.
+    let r = create_top_up(&app, &user.access, "26000", Some(&key)).await;
+    assert_eq!(r.code(), "CONFLICT");
+    let other = create_top_up(&app, &user.access, "25000", Some("another-key"))
+        .await
+        .ok();
+    assert_ne!(other.str("createTopUp.topUp.id"), ids[0]);
+    assert_eq!(my_top_ups(&app, &user.access).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn top_up_amounts_are_checked_against_the_limits() {
+    let (app, _) = stripe_app(false).await;
+    let (user, _) = app.register("limits").await;
+    // Defaults: 10000 to 10000000 IDR.
+    for amount in ["9999.99", "10000000.01", "abc", "-10000", "10000.001"] {
+        let r = create_top_up(&app, &user.access, amount, None).await;
+        assert_eq!(r.code(), "BAD_USER_INPUT", "{amount}: {}", r.0);
+        assert!(
+            r.error()["extensions"]["fields"]["amount"].is_array(),
+            "{}",
+            r.0
+        );
+    }
+    let r = create_top_up(&app, &user.access, "5", None).await;
+    let text = r.0.to_string();
+    assert!(
+        text.contains("10000.00") && text.contains("10000000.00"),
+        "{text}"
+    );
+    assert!(my_top_ups(&app, &user.access).await.is_empty());
+    // The limits themselves are accepted.
+    for amount in ["10000", "10000000.00"] {
+        create_top_up(&app, &user.access, amount, None).await.ok();
+    }
+    assert_eq!(my_top_ups(&app, &user.access).await.len(), 2);
+}
