@@ -575,3 +575,129 @@ async fn top_up_amounts_are_checked_against_the_limits() {
     }
     assert_eq!(my_top_ups(&app, &user.access).await.len(), 2);
 }
+
+/// Tops up through Stripe as a customer would: create, pay with a card, webhook.
+async fn top_up_and_pay(app: &TestApp, token: &str, amount: &str) {
+    let r = create_top_up(app, token, amount, None).await.ok();
+    let intent = r.str("createTopUp.topUp.paymentIntentId");
+    let (status, paid) = pay(app, &intent, "pm_card_visa").await;
+    assert_eq!(status, 200, "{paid}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acceptance_the_seeded_user_tops_up_subscribes_and_a_suspended_subscription_recovers_on_a_top_up()
+ {
+    use crate::billing::{INVOICES, SUBSCRIBE, WALLET, nodes, plan_id};
+    let (app, _) = stripe_app(true).await;
+    app.seed().await;
+    let user = app.login(USER_EMAIL, USER_PASSWORD).await;
+    assert_eq!(balance(&app, &user.access).await, "200000.00");
+
+    // The seeded user tops up; the signed webhook credits the wallet once.
+    top_up_and_pay(&app, &user.access, "50000").await;
+    eventually("the top-up lands", || async {
+        balance(&app, &user.access).await == "250000.00"
+    })
+    .await;
+    assert_eq!(top_up_movements(&app, &user.access).await.len(), 1);
+
+    // Subscribes to the basic n8n plan: the debit, the invoice, a PENDING instance.
+    let basic = plan_id(&app, "n8n", "Basic").await;
+    let r = app
+        .gql(
+            Some(&user.access),
+            SUBSCRIBE,
+            json!({ "plan": basic, "name": "flows" }),
+        )
+        .await
+        .ok();
+    assert_eq!(r.str("subscribe.instance.status"), "PENDING");
+    let w = app.gql(Some(&user.access), WALLET, json!({})).await.ok();
+    assert_eq!(w.str("wallet.balance.amount"), "225000.00");
+    let debit = &nodes(w.data("wallet.transactions"))[0];
+    assert_eq!(debit["type"], "SUBSCRIPTION");
+    assert_eq!(debit["amount"]["amount"], "-25000.00");
+    let invoices = nodes(
+        app.gql(Some(&user.access), INVOICES, json!({}))
+            .await
+            .ok()
+            .data("myInvoices"),
+    );
+    assert_eq!(invoices.len(), 1);
+    assert_eq!(invoices[0]["status"], "PAID");
+    assert_eq!(invoices[0]["total"]["amount"], "25000.00");
+
+    // Beyond the balance: PAYMENT_REQUIRED, and nothing changes.
+    let business = plan_id(&app, "wordpress", "Business").await;
+    for i in 0..2 {
+        let r = app
+            .gql(
+                Some(&user.access),
+                SUBSCRIBE,
+                json!({ "plan": business, "name": format!("shop {i}") }),
+            )
+            .await;
+        if i == 0 {
+            r.ok();
+        } else {
+            assert_eq!(r.code(), "PAYMENT_REQUIRED");
+            assert_eq!(r.error()["extensions"]["shortfall"]["amount"], "75000.00");
+        }
+    }
+    assert_eq!(balance(&app, &user.access).await, "75000.00");
+    let counts = app
+        .gql(
+            Some(&user.access),
+            "{ mySubscriptions { totalCount } myInvoices { totalCount } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(counts.data("mySubscriptions.totalCount"), 2);
+    assert_eq!(counts.data("myInvoices.totalCount"), 2);
+
+    // A customer whose wallet ran dry: PAST_DUE, SUSPENDED after grace, and ACTIVE again
+    // right after a Stripe top-up lands (not at the next tick of the billing jobs).
+    let (dry, _) = app.register("dry").await;
+    top_up_and_pay(&app, &dry.access, "30000").await;
+    eventually("the first top-up lands", || async {
+        balance(&app, &dry.access).await == "30000.00"
+    })
+    .await;
+    let ghost = plan_id(&app, "ghost", "Basic").await;
+    let id = app
+        .gql(
+            Some(&dry.access),
+            SUBSCRIBE,
+            json!({ "plan": ghost, "name": "dry blog" }),
+        )
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    let status = || async {
+        app.gql(
+            Some(&dry.access),
+            "query($id: ID!) { serviceSubscription(id: $id) { status } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok()
+        .str("serviceSubscription.status")
+    };
+    app.state.clock.advance(chrono::Duration::days(32));
+    podium::subscriptions::cycle::run_renewals(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(status().await, "PAST_DUE");
+    app.state.clock.advance(chrono::Duration::days(8));
+    podium::subscriptions::cycle::run_dunning(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(status().await, "SUSPENDED");
+    top_up_and_pay(&app, &dry.access, "30000").await;
+    eventually("the top-up settles the debt at once", || async {
+        status().await == "ACTIVE"
+    })
+    .await;
+    assert_eq!(balance(&app, &dry.access).await, "0.00");
+}
