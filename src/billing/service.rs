@@ -549,17 +549,19 @@ pub async fn seed_balance(
         .first(conn)
         .await?;
     let key = format!("seed:starting-balance:{user_id}");
+    // Posted directly: a new demo account owes nothing, so no settling job is queued.
     conn.transaction(async |conn| {
-        credit(
+        wallet::post(
             conn,
-            &Credit {
+            &Posting {
                 user_id,
                 kind: TransactionType::Adjustment,
                 amount,
                 currency,
-                description: "Starting balance of the demo account",
                 reference: None,
+                description: "Starting balance of the demo account",
                 subscription_id: None,
+                invoice_id: None,
                 refund_of: None,
                 unique_key: Some(&key),
                 created_by: None,
