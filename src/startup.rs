@@ -185,6 +185,7 @@ fn serve(listener: TcpListener, state: AppState, schema: PodiumSchema) -> anyhow
             .route("/healthz", web::get().to(http::healthz))
             .route("/readyz", web::get().to(http::readyz))
             .route("/metrics", web::get().to(http::metrics))
+            .route("/invoices/{id}", web::get().to(http::invoice::invoice_page))
             .service(
                 web::resource("/graphql")
                     .route(web::post().to(handlers::graphql))

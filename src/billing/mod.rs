@@ -4,7 +4,9 @@
 
 pub mod events;
 pub mod graphql;
+pub mod integrity;
 pub mod invoice;
 pub mod model;
 pub mod service;
+pub mod stats;
 pub mod wallet;

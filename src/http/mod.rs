@@ -1,4 +1,7 @@
-//! Routes outside GraphQL: liveness and readiness probes, and response hardening.
+//! Routes outside GraphQL: liveness and readiness probes, printable invoices, and
+//! response hardening.
+
+pub mod invoice;
 
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{HttpResponse, web};
