@@ -298,6 +298,10 @@ pub async fn check(conn: &mut Conn) -> diesel::QueryResult<Report> {
         .repeatable_read()
         .read_only()
         .run(async |conn| {
+            // Whole-table hash aggregates: room to keep them in memory (this transaction only).
+            diesel::sql_query("SET LOCAL work_mem = '128MB'")
+                .execute(conn)
+                .await?;
             let counts: Counts = diesel::sql_query(
                 "SELECT (SELECT count(*) FROM wallets) AS wallets,
                         (SELECT count(*) FROM wallet_transactions) AS transactions,
