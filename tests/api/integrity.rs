@@ -404,3 +404,133 @@ async fn billing_stats_count_subscriptions_mrr_revenue_and_top_ups_of_the_last_3
     let r = app.gql(Some(&a.access), STATS, json!({})).await;
     assert_eq!(r.code(), "FORBIDDEN");
 }
+
+const STATUS: &str = "query($id: ID!) { serviceSubscription(id: $id) { status } }";
+
+async fn status_of(app: &TestApp, token: &str, id: &str) -> String {
+    app.gql(Some(token), STATUS, json!({ "id": id }))
+        .await
+        .ok()
+        .str("serviceSubscription.status")
+}
+
+/// Empties a wallet with an administrator's negative adjustment.
+async fn drain(app: &TestApp, admin: &str, token: &str, user_id: &str) {
+    let balance = app
+        .gql(Some(token), "{ wallet { balance { amount } } }", json!({}))
+        .await
+        .ok()
+        .str("wallet.balance.amount");
+    if balance != "0.00" {
+        fund(app, admin, user_id, &format!("-{balance}")).await;
+    }
+}
+
+/// Every billing step the lifecycle has, each followed by a clean integrity check: the
+/// check has no false alarms on what the billing engine really writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn billing_integrity_holds_through_every_step_of_the_billing_cycle() {
+    let app = spawn_app_with(&[
+        ("PODIUM_JOBS_ENABLED", "false"),
+        ("PODIUM_TAX_RATE_PERCENT", "11"),
+    ])
+    .await;
+    let admin = app.admin().await;
+    let basic = plan_id(&app, "n8n", "Basic").await;
+    let standard = plan_id(&app, "n8n", "Standard").await;
+    let (u, _) = app.register("cycler").await;
+    let uid: uuid::Uuid = u.user_id.parse().unwrap();
+    fund(&app, &admin.access, &u.user_id, "1000000").await;
+    let day = chrono::Duration::days(1);
+
+    // Subscribe, upgrade mid-period, downgrade, renew at period end, cancel now.
+    let a = subscribe(&app, &u.access, &basic, "a")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    app.assert_billing_consistent().await;
+    app.state.clock.advance(day * 10);
+    let change =
+        "mutation($id: ID!, $p: ID!) { changeSubscriptionPlan(id: $id, planId: $p) { status } }";
+    app.gql(Some(&u.access), change, json!({ "id": a, "p": standard }))
+        .await
+        .ok();
+    app.assert_billing_consistent().await;
+    app.state.clock.advance(day * 5);
+    app.gql(Some(&u.access), change, json!({ "id": a, "p": basic }))
+        .await
+        .ok();
+    app.assert_billing_consistent().await;
+    app.state.clock.advance(day * 17);
+    podium::subscriptions::cycle::run_renewals(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&app, &u.access, &a).await, "ACTIVE");
+    app.assert_billing_consistent().await;
+    let cancel = "mutation($id: ID!, $end: Boolean!) { cancelSubscription(id: $id, atPeriodEnd: $end) { status } }";
+    app.gql(Some(&u.access), cancel, json!({ "id": a, "end": false }))
+        .await
+        .ok();
+    assert_eq!(status_of(&app, &u.access, &a).await, "CANCELLED");
+    app.assert_billing_consistent().await;
+
+    // Cancel at period end.
+    let b = subscribe(&app, &u.access, &basic, "b")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    app.gql(Some(&u.access), cancel, json!({ "id": b, "end": true }))
+        .await
+        .ok();
+    app.state.clock.advance(day * 32);
+    podium::subscriptions::cycle::run_renewals(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&app, &u.access, &b).await, "CANCELLED");
+    app.assert_billing_consistent().await;
+
+    // An empty wallet at renewal: PAST_DUE, SUSPENDED after grace, ACTIVE again once paid.
+    let c = subscribe(&app, &u.access, &basic, "c")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    drain(&app, &admin.access, &u.access, &u.user_id).await;
+    app.state.clock.advance(day * 32);
+    podium::subscriptions::cycle::run_renewals(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&app, &u.access, &c).await, "PAST_DUE");
+    app.assert_billing_consistent().await;
+    app.state.clock.advance(day * 8);
+    podium::subscriptions::cycle::run_dunning(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&app, &u.access, &c).await, "SUSPENDED");
+    app.assert_billing_consistent().await;
+    fund(&app, &admin.access, &u.user_id, "30000").await;
+    podium::subscriptions::cycle::settle_user(&app.state, uid)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&app, &u.access, &c).await, "ACTIVE");
+    app.assert_billing_consistent().await;
+
+    // Unpaid for good: SUSPENDED, then EXPIRED with its invoice void and its quota back.
+    drain(&app, &admin.access, &u.access, &u.user_id).await;
+    app.state.clock.advance(day * 32);
+    podium::subscriptions::cycle::run_renewals(&app.state)
+        .await
+        .unwrap();
+    app.state.clock.advance(day * 8);
+    podium::subscriptions::cycle::run_dunning(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&app, &u.access, &c).await, "SUSPENDED");
+    app.state.clock.advance(day * 31);
+    podium::subscriptions::cycle::run_dunning(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(status_of(&app, &u.access, &c).await, "EXPIRED");
+    let report = billing_report(&app).await;
+    assert!(report.is_clean(), "{report}");
+    assert!(report.checked_invoices >= 6, "{report}");
+}
