@@ -534,3 +534,72 @@ async fn billing_integrity_holds_through_every_step_of_the_billing_cycle() {
     assert!(report.is_clean(), "{report}");
     assert!(report.checked_invoices >= 6, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn billing_integrity_reports_free_periods_over_refunds_bad_tax_and_charges_without_invoice() {
+    let app = spawn_app().await;
+    let b = billed(&app).await;
+    let inv = invoices(&app).await;
+    let (u, v) = (&b.u.user_id, &b.v.user_id);
+    sql(
+        &app,
+        &[
+            // "one" runs a month nobody paid for.
+            "UPDATE service_subscriptions SET current_period_end = current_period_end + interval '1 month'
+             WHERE name = 'one'"
+                .into(),
+            // v is refunded more than it was charged (ledger and cached balance consistent).
+            format!(
+                "INSERT INTO wallet_transactions (user_id, type, amount, currency, balance_before, balance_after,
+                     description, refund_of)
+                 SELECT user_id, 'REFUND', 3000000, 'IDR', 500000, 3500000, 'too generous', id
+                 FROM wallet_transactions WHERE invoice_id = '{}'",
+                inv[2].id
+            ),
+            format!("UPDATE wallets SET balance = 3500000 WHERE user_id = '{v}'"),
+            // Invoice 2's tax is not its rate's (0 %).
+            format!(
+                "UPDATE invoices SET tax = 7, total = total + 7 WHERE id = '{}'",
+                inv[1].id
+            ),
+            // u's charge for invoice 1 loses its invoice.
+            format!(
+                "UPDATE wallet_transactions SET invoice_id = NULL WHERE invoice_id = '{}'",
+                inv[0].id
+            ),
+        ],
+    )
+    .await;
+    let report = billing_report(&app).await;
+    let kinds: Vec<&str> = {
+        let mut k: Vec<&str> = report.mismatches.iter().map(|m| m.kind.as_str()).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        kinds,
+        [
+            "CHARGE_WITHOUT_INVOICE",
+            "INVOICE_PAYMENT", // invoice 1: paid, but by no debit
+            "INVOICE_PAYMENT", // invoice 2: its debit is not its new total
+            "INVOICE_TAX",
+            "PERIOD_UNPAID",
+            "REFUND",
+        ],
+        "{report}"
+    );
+    let about = |kind: &str| {
+        report
+            .mismatches
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| m.subject.clone())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(about("CHARGE_WITHOUT_INVOICE").contains(u.as_str()));
+    assert!(about("INVOICE_PAYMENT").contains(&inv[0].number));
+    assert!(about("INVOICE_PAYMENT").contains(&inv[1].number));
+    assert!(about("INVOICE_TAX").contains(&inv[1].number));
+    assert!(about("REFUND").contains(v.as_str()));
+}
