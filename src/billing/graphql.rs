@@ -263,6 +263,10 @@ impl crate::billing::integrity::Report {
     async fn mismatches(&self) -> &[crate::billing::integrity::Mismatch] {
         &self.mismatches
     }
+    /// Some kind had more mismatches than are listed.
+    async fn truncated(&self) -> bool {
+        self.truncated
+    }
 }
 
 /// One difference the integrity check found.

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::db::Conn;
 
-/// At most this many mismatches of one kind are listed (the check still runs fully).
+/// At most this many mismatches of one check are listed.
 pub const MAX_PER_KIND: i64 = 1000;
 
 /// One difference: what it is about, what the records imply and what was found.
@@ -53,6 +53,8 @@ pub struct Report {
     pub checked_plans: i64,
     pub checked_subscriptions: i64,
     pub mismatches: Vec<Mismatch>,
+    /// Some kind had more than `MAX_PER_KIND` mismatches: only the first are listed.
+    pub truncated: bool,
 }
 
 impl Report {
@@ -80,7 +82,15 @@ impl std::fmt::Display for Report {
         if self.is_clean() {
             return writeln!(f, "no mismatches: the billing records are consistent");
         }
-        writeln!(f, "{} mismatch(es):", self.mismatches.len())?;
+        if self.truncated {
+            writeln!(
+                f,
+                "{} mismatch(es) listed (only the first {MAX_PER_KIND} of a kind):",
+                self.mismatches.len()
+            )?;
+        } else {
+            writeln!(f, "{} mismatch(es):", self.mismatches.len())?;
+        }
         for m in &self.mismatches {
             writeln!(
                 f,
@@ -312,11 +322,18 @@ pub async fn check(conn: &mut Conn) -> diesel::QueryResult<Report> {
             .get_result(conn)
             .await?;
             let mut mismatches = Vec::new();
+            let mut truncated = false;
             for sql in CHECKS {
-                let found: Vec<Mismatch> =
-                    diesel::sql_query(format!("SELECT * FROM ({sql}) c LIMIT {MAX_PER_KIND}"))
-                        .load(conn)
-                        .await?;
+                let mut found: Vec<Mismatch> = diesel::sql_query(format!(
+                    "SELECT * FROM ({sql}) c LIMIT {}",
+                    MAX_PER_KIND + 1
+                ))
+                .load(conn)
+                .await?;
+                if found.len() as i64 > MAX_PER_KIND {
+                    found.truncate(MAX_PER_KIND as usize);
+                    truncated = true;
+                }
                 mismatches.extend(found);
             }
             Ok(Report {
@@ -326,6 +343,7 @@ pub async fn check(conn: &mut Conn) -> diesel::QueryResult<Report> {
                 checked_plans: counts.plans,
                 checked_subscriptions: counts.subscriptions,
                 mismatches,
+                truncated,
             })
         })
         .await
