@@ -91,6 +91,8 @@ pub struct Settings {
     /// `None` is only allowed in the embedded default, which generates and keeps one.
     pub jwt_secret: Option<Secret>,
     pub public_url: String,
+    /// The platform's name on printable invoices.
+    pub platform_name: String,
     pub base_domain: String,
     /// ISO 4217 code for prices given without a currency.
     pub default_currency: String,
@@ -260,6 +262,11 @@ impl Settings {
             ),
             jwt_secret: jwt_secret.map(Secret),
             public_url: public_url.trim_end_matches('/').to_string(),
+            platform_name: env
+                .get("PODIUM_PLATFORM_NAME")
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "Podium".into()),
             base_domain: env
                 .get("PODIUM_BASE_DOMAIN")
                 .unwrap_or_else(|| "apps.localhost".into()),

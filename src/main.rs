@@ -1,4 +1,5 @@
-//! The `podium` binary: serve (default) | migrate | seed | admin | print-schema | node-agent | bench.
+//! The `podium` binary: serve (default) | migrate | seed | admin | billing | print-schema |
+//! node-agent | bench.
 
 use std::path::Path;
 
@@ -35,6 +36,9 @@ enum Command {
     /// Operator accounts.
     #[command(subcommand)]
     Admin(Admin),
+    /// Billing maintenance.
+    #[command(subcommand)]
+    Billing(Billing),
     /// Print the GraphQL schema (SDL) and exit.
     PrintSchema,
     /// Run on a worker node: send heartbeats describing this machine to the server.
@@ -70,6 +74,14 @@ enum Admin {
         #[arg(long)]
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum Billing {
+    /// Recompute every wallet from its ledger, every invoice from its lines and payment,
+    /// the invoice numbering and every plan's used quota; print each mismatch and exit
+    /// non-zero if there is any. Read-only.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -134,6 +146,8 @@ fn main() -> anyhow::Result<()> {
         .block_on(async move {
             let command = cli.command.unwrap_or(Command::Serve);
             let (settings, embedded) = resolve_database(settings).await?;
+            // `billing verify` found mismatches: exit 1 once everything is stopped.
+            let mut mismatches = false;
             let result = match command {
                 Command::Serve => serve(settings, embedded.as_ref()).await,
                 Command::Migrate => {
@@ -171,6 +185,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 Command::Admin(Admin::Create { email, name }) => {
                     admin_create(&settings, email, name).await
+                }
+                Command::Billing(Billing::Verify) => {
+                    billing_verify(&settings).await.map(|clean| mismatches = !clean)
                 }
                 Command::Bench(Bench::Heartbeat {
                     nodes,
@@ -270,6 +287,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(pg) = embedded {
                 pg.stop().await;
             }
+            if result.is_ok() && mismatches {
+                std::process::exit(1);
+            }
             result
         })
 }
@@ -323,6 +343,23 @@ async fn admin_create(settings: &Settings, email: String, name: String) -> anyho
         Err(podium::error::AppError::Internal(e)) => Err(e.context("creating the administrator")),
         Err(e) => anyhow::bail!("cannot create the administrator: {}", e.message()),
     }
+}
+
+/// `podium billing verify`: the report on standard output; whether it found no mismatch.
+async fn billing_verify(settings: &Settings) -> anyhow::Result<bool> {
+    let url = settings.database_url.as_deref().expect("resolved");
+    let pool = db::connect_pool(url, 1).await?;
+    let mut conn = pool.get().await?;
+    if !db::migrate::is_current(&mut conn, &db::migrate::latest_version()).await? {
+        anyhow::bail!("the database has migrations pending: run `podium migrate` first");
+    }
+    let report = match podium::billing::service::verify(&mut conn).await {
+        Ok(report) => report,
+        Err(podium::error::AppError::Internal(e)) => return Err(e.context("running the check")),
+        Err(e) => anyhow::bail!("cannot run the check: {}", e.message()),
+    };
+    print!("{report}");
+    Ok(report.is_clean())
 }
 
 /// PODIUM_ADMIN_PASSWORD, else the first line of standard input (unechoed on a terminal).

@@ -200,6 +200,7 @@ fn serve(listener: TcpListener, state: AppState, schema: PodiumSchema) -> anyhow
             .route("/readyz", web::get().to(http::readyz))
             .route("/metrics", web::get().to(http::metrics))
             .route("/webhooks/stripe", web::post().to(http::stripe_webhook))
+            .route("/invoices/{id}", web::get().to(http::invoice::invoice_page))
             .service(
                 web::resource("/graphql")
                     .route(web::post().to(handlers::graphql))

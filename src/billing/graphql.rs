@@ -246,6 +246,95 @@ impl Invoice {
     }
 }
 
+/// The integrity check's result.
+#[Object(name = "BillingIntegrity")]
+impl crate::billing::integrity::Report {
+    /// No mismatches.
+    async fn ok(&self) -> bool {
+        self.is_clean()
+    }
+    async fn checked_wallets(&self) -> i64 {
+        self.checked_wallets
+    }
+    async fn checked_transactions(&self) -> i64 {
+        self.checked_transactions
+    }
+    async fn checked_invoices(&self) -> i64 {
+        self.checked_invoices
+    }
+    async fn checked_plans(&self) -> i64 {
+        self.checked_plans
+    }
+    async fn checked_subscriptions(&self) -> i64 {
+        self.checked_subscriptions
+    }
+    /// Each difference (at most 1000 of a kind).
+    async fn mismatches(&self) -> &[crate::billing::integrity::Mismatch] {
+        &self.mismatches
+    }
+    /// Some kind had more mismatches than are listed.
+    async fn truncated(&self) -> bool {
+        self.truncated
+    }
+}
+
+/// One difference the integrity check found.
+#[Object(name = "BillingMismatch")]
+impl crate::billing::integrity::Mismatch {
+    /// A stable code, e.g. WALLET_BALANCE, INVOICE_TOTAL, INVOICE_NUMBER_GAP, PLAN_USED_QUOTA.
+    async fn kind(&self) -> &str {
+        &self.kind
+    }
+    /// What it is about, with ids.
+    async fn subject(&self) -> &str {
+        &self.subject
+    }
+    /// What the records imply.
+    async fn expected(&self) -> &str {
+        &self.expected
+    }
+    /// What is stored.
+    async fn found(&self) -> &str {
+        &self.found
+    }
+    async fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Administrators' billing figures, money in the platform currency.
+pub struct BillingStatsObject {
+    stats: crate::billing::stats::BillingStats,
+    currency: String,
+}
+
+#[Object(name = "BillingStats")]
+impl BillingStatsObject {
+    /// Monthly recurring revenue: the monthly prices of ACTIVE and PAST_DUE subscriptions.
+    async fn mrr(&self) -> Money {
+        Money::new(self.stats.mrr, &self.currency)
+    }
+    async fn active_subscriptions(&self) -> i64 {
+        self.stats.active_subscriptions
+    }
+    async fn past_due(&self) -> i64 {
+        self.stats.past_due
+    }
+    async fn suspended(&self) -> i64 {
+        self.stats.suspended
+    }
+    /// Subscription, renewal and upgrade charges minus refunds, in the last 30 days.
+    #[graphql(name = "revenueLast30Days")]
+    async fn revenue_last_30_days(&self) -> Money {
+        Money::new(self.stats.revenue_last_30_days, &self.currency)
+    }
+    /// Wallet top-ups in the last 30 days.
+    #[graphql(name = "topUpsLast30Days")]
+    async fn top_ups_last_30_days(&self) -> Money {
+        Money::new(self.stats.top_ups_last_30_days, &self.currency)
+    }
+}
+
 /// A signed decimal amount in major units of the platform currency -> minor units.
 pub fn signed_amount(state: &AppState, field: &str, amount: &str) -> crate::error::AppResult<i64> {
     let currency = &state.settings.default_currency;
@@ -337,6 +426,25 @@ impl BillingQuery {
     async fn invoice(&self, ctx: &Context<'_>, id: ID) -> Result<Invoice> {
         let id = parse_id("id", &id)?;
         Ok(service::invoice(ctx.state(), ctx.identity(), id).await?)
+    }
+
+    /// Administrators: recomputes every wallet from its ledger, every invoice from its
+    /// lines and payment, the invoice numbering and every plan's used quota, and lists
+    /// each mismatch (the CLI's `podium billing verify`).
+    async fn billing_integrity(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<crate::billing::integrity::Report> {
+        Ok(service::integrity(ctx.state(), ctx.identity()).await?)
+    }
+
+    /// Administrators: MRR, subscriptions by status, revenue and top-ups of the last 30 days.
+    async fn billing_stats(&self, ctx: &Context<'_>) -> Result<BillingStatsObject> {
+        let stats = service::stats(ctx.state(), ctx.identity()).await?;
+        Ok(BillingStatsObject {
+            stats,
+            currency: ctx.state().settings.default_currency.clone(),
+        })
     }
 
     /// Administrators: every wallet movement, newest first.

@@ -4,9 +4,11 @@
 
 pub mod events;
 pub mod graphql;
+pub mod integrity;
 pub mod invoice;
 pub mod model;
 pub mod service;
+pub mod stats;
 pub mod stripe;
 pub mod topup;
 pub mod wallet;

@@ -573,3 +573,63 @@ pub async fn seed_balance(
     .await?;
     Ok(())
 }
+
+// ---- consistency and figures
+
+/// The integrity check over the whole database (the CLI's `billing verify`, the tests).
+pub async fn verify(conn: &mut Conn) -> AppResult<super::integrity::Report> {
+    Ok(super::integrity::check(conn).await?)
+}
+
+/// Administrators: the integrity check.
+pub async fn integrity(
+    state: &AppState,
+    identity: &Identity,
+) -> AppResult<super::integrity::Report> {
+    identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    verify(&mut conn).await
+}
+
+/// Administrators: MRR, subscriptions by status, revenue and top-ups of the last 30 days.
+pub async fn stats(state: &AppState, identity: &Identity) -> AppResult<super::stats::BillingStats> {
+    identity.admin()?;
+    let mut conn = state.pool.get().await?;
+    Ok(super::stats::compute(
+        &mut conn,
+        &state.settings.default_currency,
+        state.clock.now(),
+    )
+    .await?)
+}
+
+/// What a printable invoice shows: the invoice, its lines, its customer and subscription.
+#[derive(Debug, Clone)]
+pub struct Printable {
+    pub invoice: Invoice,
+    pub lines: Vec<InvoiceLine>,
+    pub customer: crate::users::model::User,
+    pub subscription_name: Option<String>,
+}
+
+/// One invoice to print, for its owner or an administrator (NOT_FOUND otherwise).
+pub async fn printable(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<Printable> {
+    let invoice = invoice(state, identity, id).await?;
+    let mut conn = state.pool.get().await?;
+    let lines = model::lines_of(&mut conn, &[invoice.id]).await?;
+    let customer = crate::users::model::find(&mut conn, invoice.user_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("invoice"))?;
+    let subscription_name = match invoice.subscription_id {
+        Some(sid) => crate::subscriptions::model::find(&mut conn, sid)
+            .await?
+            .map(|s| s.name),
+        None => None,
+    };
+    Ok(Printable {
+        invoice,
+        lines,
+        customer,
+        subscription_name,
+    })
+}

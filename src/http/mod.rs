@@ -1,5 +1,7 @@
-//! Routes outside GraphQL: liveness and readiness probes, metrics, Stripe's webhook, and
-//! response hardening.
+//! Routes outside GraphQL: liveness and readiness probes, metrics, Stripe's webhook,
+//! printable invoices, and response hardening.
+
+pub mod invoice;
 
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{HttpResponse, web};

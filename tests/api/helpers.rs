@@ -301,3 +301,28 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The billing integrity check (`podium billing verify`) on the app's database.
+pub async fn billing_report(app: &TestApp) -> podium::billing::integrity::Report {
+    let mut conn = app.state.pool.get().await.expect("a connection");
+    podium::billing::service::verify(&mut conn)
+        .await
+        .expect("running the billing integrity check")
+}
+
+/// Runs the billing integrity check and panics listing every mismatch: call it at the
+/// end of any test that moves money (concurrency, crashes, replays).
+pub async fn assert_billing_consistent(app: &TestApp) {
+    let report = billing_report(app).await;
+    assert!(
+        report.is_clean(),
+        "billing records are inconsistent:\n{report}"
+    );
+}
+
+impl TestApp {
+    /// See [`assert_billing_consistent`].
+    pub async fn assert_billing_consistent(&self) {
+        assert_billing_consistent(self).await
+    }
+}

@@ -9,6 +9,8 @@ mod catalog;
 mod cost;
 mod helpers;
 mod infra;
+mod integrity;
+mod invoices;
 mod jobs;
 mod limits;
 mod nodes;
