@@ -182,6 +182,7 @@ async fn the_seeded_user_subscribes_and_sees_the_debit_the_invoice_and_a_pending
         mine.data("mySubscriptions.edges")[0]["node"]["instance"]["status"],
         "PENDING"
     );
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,6 +207,7 @@ async fn a_subscribe_beyond_the_balance_is_payment_required_and_changes_nothing(
     assert_eq!(mine.data("mySubscriptions.totalCount"), 0);
     assert_eq!(mine.data("myInvoices.totalCount"), 0);
     assert_eq!(used_quota(&app, &admin, "n8n", "Basic").await, 0);
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -288,6 +290,7 @@ async fn limits_quotas_currencies_and_plans_in_use() {
         message.contains("USD") && message.contains("IDR"),
         "{message}"
     );
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,6 +324,7 @@ async fn fifty_concurrent_subscribes_against_a_balance_covering_three() {
     assert_eq!(mine.data("mySubscriptions.totalCount"), 3);
     assert_eq!(mine.data("myInvoices.totalCount"), 3);
     assert_eq!(used_quota(&app, &admin, "ghost", "Basic").await, 3);
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -370,6 +374,7 @@ async fn twenty_concurrent_retries_with_one_idempotency_key_make_one_subscriptio
         ids.first().unwrap()
     );
     assert_eq!(balance(&app, &someone).await, "70000.00");
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -441,6 +446,7 @@ async fn customers_see_and_touch_only_their_own_subscriptions_and_invoices() {
     app.gql(Some(&admin.access), SUBSCRIPTION, json!({ "id": sub }))
         .await
         .ok();
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -509,6 +515,7 @@ async fn admin_adjustments_and_refunds_never_go_below_zero_and_are_audited() {
         text.contains("wallet.adjust") && text.contains("wallet.refund"),
         "{text}"
     );
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -558,4 +565,5 @@ async fn wallet_and_subscription_changes_arrive_live_over_websocket() {
         sub["payload"]["data"]["serviceSubscriptionChanged"]["name"],
         "yours"
     );
+    assert_billing_consistent(&app).await;
 }

@@ -75,6 +75,7 @@ async fn renewed_after_a_month_with_a_second_invoice() {
     tick(&app, end + Duration::minutes(2)).await;
     assert_eq!(invoices(&app, &user).await.len(), 2);
     assert_eq!(balance(&app, &user).await, "10000.00");
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,6 +146,7 @@ async fn an_empty_wallet_goes_past_due_then_suspended_after_grace_then_active_ri
     let paid = &invoices(&app, &user).await[0];
     assert_eq!(paid["status"], "PAID");
     assert_eq!(balance(&app, &user).await, "0.00");
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,6 +168,7 @@ async fn a_past_due_subscription_paid_within_grace_continues_its_periods() {
         end,
         "it kept running: no free days"
     );
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -195,6 +198,7 @@ async fn expiry_after_thirty_days_suspended_deletes_the_instance_and_releases_th
     tick(&app, end + Duration::days(38)).await;
     assert_eq!(sub(&app, &user, &id).await["status"], "EXPIRED");
     assert_eq!(balance(&app, &user).await, "30000.00");
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,6 +256,7 @@ async fn cancel_at_period_end_runs_to_the_end_and_resume_undoes_it() {
     tick(&app, end + Duration::minutes(1)).await;
     assert_eq!(sub(&app, &user, &id).await["status"], "CANCELLED");
     assert_eq!(balance(&app, &user).await, "100000.00");
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,6 +291,7 @@ async fn cancel_now_credits_the_unused_part_by_the_second() {
         )
         .await;
     assert_eq!(again.code(), "CONFLICT");
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -375,6 +381,7 @@ async fn upgrade_and_downgrade_are_prorated_by_the_second() {
             .code(),
         "CONFLICT"
     );
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -404,6 +411,7 @@ async fn after_downtime_the_cycle_catches_up_period_by_period() {
     }
     assert_eq!(balance(&app, &user).await, "0.00");
     assert_eq!(sub(&app, &user, &id).await["status"], "ACTIVE");
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -429,6 +437,7 @@ async fn two_replicas_renewing_at_once_charge_each_subscription_once() {
         assert_eq!(balance(&app, user).await, "0.00");
         assert_eq!(invoices(&app, user).await.len(), 2);
     }
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -496,6 +505,7 @@ async fn an_administrators_suspension_stops_the_instance_and_the_cycle_leaves_it
         .0
         .to_string();
     assert!(audit.contains("subscription.suspend") && audit.contains("subscription.unsuspend"));
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -540,4 +550,5 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
         "IDR has two decimals"
     );
     assert_eq!(balance(&app, &user).await, "100000.00");
+    assert_billing_consistent(&app).await;
 }

@@ -730,6 +730,7 @@ async fn a_renewal_batch_killed_half_way_and_run_again_charges_each_subscription
     )
     .await;
     assert_eq!(unrenewed, 0, "no period skipped");
+    assert_billing_consistent(&again).await;
 }
 
 /// The embedded cluster's PostgreSQL processes still alive (zombies aside): those working in

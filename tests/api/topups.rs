@@ -259,6 +259,7 @@ async fn a_paid_top_up_credits_the_wallet_once_even_when_the_webhook_repeats() {
     let customer = customer_of(intent.clone()).await;
     assert!(customer.starts_with("cus_"));
     assert_eq!(customer_of(second_intent).await, customer);
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -416,6 +417,7 @@ async fn reconciliation_settles_top_ups_whose_webhook_never_came() {
     assert_eq!((done.checked, done.credited), (1, 0));
     assert_eq!(balance(&app, &user.access).await, "40000.00");
     assert_eq!(top_up_movements(&app, &user.access).await.len(), 1);
+    assert_billing_consistent(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -700,4 +702,5 @@ async fn acceptance_the_seeded_user_tops_up_subscribes_and_a_suspended_subscript
     })
     .await;
     assert_eq!(balance(&app, &dry.access).await, "0.00");
+    assert_billing_consistent(&app).await;
 }
