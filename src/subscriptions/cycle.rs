@@ -317,7 +317,19 @@ async fn renew(
     let sale = plans.get(conn, sub.plan_id).await?;
     let start = sub.current_period_end;
     let end_at = month_after(start);
-    let price = sale.plan.monthly_price;
+    // The plan's price of the day, unless the plan has since been repriced in another
+    // currency than the subscription's (and its wallet's): then the price it was sold at.
+    let price = if sale.plan.currency == sub.currency {
+        sale.plan.monthly_price
+    } else {
+        tracing::warn!(
+            subscription_id = %sub.id,
+            plan_currency = %sale.plan.currency,
+            currency = %sub.currency,
+            "plan repriced in another currency: renewing at the subscription's own price"
+        );
+        sub.price
+    };
     let purpose = period_purpose(start);
     let description = format!(
         "Renewal of \"{}\": {} {}",
@@ -347,12 +359,6 @@ async fn renew(
         Ok(Err(_short)) => {
             billing::issue_open(conn, billing_settings, &charge).await?;
             cycle.price = price;
-            past_due(&mut cycle, billing_settings, now);
-            Step::PastDue
-        }
-        // A plan now priced in another currency than the wallet: can't be charged.
-        Err(AppError::Conflict(why)) => {
-            tracing::warn!(subscription_id = %sub.id, why, "renewal can't be charged");
             past_due(&mut cycle, billing_settings, now);
             Step::PastDue
         }

@@ -552,3 +552,48 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
     assert_eq!(balance(&app, &user).await, "100000.00");
     assert_billing_consistent(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewal_pays_the_plans_new_price_or_its_own_when_the_plan_changed_currency() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (cheap, cheap_id) = subscribed(&app, &admin, 100000).await;
+    let (dollar, dollar_id) = subscribed(&app, &admin, 100000).await;
+    let plan = plan_id(&app, "ghost", "Basic").await;
+    let reprice = "mutation($id: ID!, $a: String!, $c: String) { updateServicePlan(id: $id, input: {monthlyPrice: {amount: $a, currency: $c}}) { id } }";
+    // Repriced at 35000 IDR: the subscriptions keep 30000 until their renewal, then pay 35000.
+    app.gql(
+        Some(&admin.access),
+        reprice,
+        json!({ "id": plan, "a": "35000", "c": "IDR" }),
+    )
+    .await
+    .ok();
+    let end = at(&sub(&app, &cheap, &cheap_id).await["currentPeriodEnd"]);
+    tick(&app, end + Duration::hours(1)).await;
+    assert_eq!(
+        sub(&app, &cheap, &cheap_id).await["price"]["amount"],
+        "35000.00"
+    );
+    assert_eq!(balance(&app, &cheap).await, "65000.00");
+    // Repriced in dollars: a wallet in IDR can't pay USD, so the next renewal charges the
+    // price it was sold at (never 10 "dollars" taken as rupiah).
+    app.gql(
+        Some(&admin.access),
+        reprice,
+        json!({ "id": plan, "a": "10", "c": "USD" }),
+    )
+    .await
+    .ok();
+    let end = at(&sub(&app, &dollar, &dollar_id).await["currentPeriodEnd"]);
+    tick(&app, end + Duration::hours(1)).await;
+    let s = sub(&app, &dollar, &dollar_id).await;
+    assert_eq!(s["status"], "ACTIVE");
+    assert_eq!(s["price"]["amount"], "35000.00");
+    assert_eq!(
+        balance(&app, &dollar).await,
+        "30000.00",
+        "35000 then 35000 again"
+    );
+    assert_billing_consistent(&app).await;
+}
