@@ -644,21 +644,59 @@ async fn update(
     .inspect(|_| committed(state))
 }
 
+/// What an administrator's change makes of a locked subscription: its new state, its
+/// instance's desired state, and what the audit row records.
+type AdminChange = AppResult<(model::Cycle, DesiredState, serde_json::Value)>;
+
+/// An administrator's change to one subscription: locked, changed, its instance told,
+/// published and audited in one transaction.
+async fn by_admin<F>(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+    action: &'static str,
+    change: F,
+) -> AppResult<Subscription>
+where
+    F: for<'c> FnOnce(
+            &'c mut Conn,
+            Subscription,
+        ) -> futures_util::future::BoxFuture<'c, AdminChange>
+        + Send
+        + 'static,
+{
+    let actor = identity.admin()?;
+    let now = state.clock.now();
+    let saved = audit::audited(state, actor, action, "ServiceSubscription", move |conn| {
+        async move {
+            let sub = model::lock(conn, id)
+                .await?
+                .ok_or_else(|| AppError::not_found("subscription"))?;
+            let (mut cycle, desired, metadata) = change(conn, sub.clone()).await?;
+            cycle.updated_at = now;
+            desire(conn, &sub, desired, now).await?;
+            let saved = model::save(conn, sub.id, &cycle).await?;
+            events::changed(conn, &saved).await?;
+            Ok((saved, Some(id), metadata))
+        }
+        .boxed()
+    })
+    .await?;
+    committed(state);
+    Ok(saved)
+}
+
 /// An administrator stops a subscription's service (its instance stopped, data kept);
 /// the billing cycle leaves it alone until it is unsuspended.
 pub async fn suspend(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<Subscription> {
-    let actor = identity.admin()?;
     let now = state.clock.now();
-    let saved = audit::audited(
+    by_admin(
         state,
-        actor,
+        identity,
+        id,
         "subscription.suspend",
-        "ServiceSubscription",
-        move |conn| {
+        move |_conn, sub| {
             async move {
-                let sub = model::lock(conn, id)
-                    .await?
-                    .ok_or_else(|| AppError::not_found("subscription"))?;
                 if sub.status.is_final() || sub.status == SubscriptionStatus::Suspended {
                     return Err(AppError::Conflict(format!(
                         "the subscription is already {}",
@@ -669,34 +707,23 @@ pub async fn suspend(state: &AppState, identity: &Identity, id: Uuid) -> AppResu
                 cycle.status = SubscriptionStatus::Suspended;
                 cycle.suspended_by_admin = true;
                 cycle.suspended_at = Some(now);
-                cycle.updated_at = now;
-                desire(conn, &sub, DesiredState::Stopped, now).await?;
-                let saved = model::save(conn, sub.id, &cycle).await?;
-                events::changed(conn, &saved).await?;
                 Ok((
-                    saved,
-                    Some(id),
+                    cycle,
+                    DesiredState::Stopped,
                     json!({ "previousStatus": sub.status.as_str() }),
                 ))
             }
             .boxed()
         },
     )
-    .await?;
-    committed(state);
-    Ok(saved)
+    .await
 }
 
 /// Lifts an administrator's suspension: ACTIVE again (the billing cycle then renews it
 /// if its period has ended meanwhile), or back to the dunning it was in.
 pub async fn unsuspend(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<Subscription> {
-    let actor = identity.admin()?;
-    let now = state.clock.now();
-    let saved = audit::audited(state, actor, "subscription.unsuspend", "ServiceSubscription", move |conn| {
+    by_admin(state, identity, id, "subscription.unsuspend", |conn, sub| {
         async move {
-            let sub = model::lock(conn, id)
-                .await?
-                .ok_or_else(|| AppError::not_found("subscription"))?;
             if sub.status != SubscriptionStatus::Suspended || !sub.suspended_by_admin {
                 return Err(AppError::Conflict(
                     "only a subscription an administrator suspended can be unsuspended; a suspension for non-payment ends when it is paid".into(),
@@ -710,17 +737,11 @@ pub async fn unsuspend(state: &AppState, identity: &Identity, id: Uuid) -> AppRe
             };
             cycle.suspended_by_admin = false;
             cycle.suspended_at = None;
-            cycle.updated_at = now;
-            desire(conn, &sub, DesiredState::Running, now).await?;
-            let saved = model::save(conn, sub.id, &cycle).await?;
-            events::changed(conn, &saved).await?;
-            Ok((saved, Some(id), json!({})))
+            Ok((cycle, DesiredState::Running, json!({})))
         }
         .boxed()
     })
-    .await?;
-    committed(state);
-    Ok(saved)
+    .await
 }
 
 // ---- reading

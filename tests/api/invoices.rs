@@ -12,26 +12,7 @@ use crate::helpers::*;
 
 pub const SUBSCRIBE: &str = "mutation($p: ID!, $n: String!) { subscribe(input: {planId: $p, name: $n}) { subscription { id status } } }";
 
-/// The id of a seeded plan, e.g. `plan_id(&app, "n8n", "Basic")` (25000 IDR a month).
-pub async fn plan_id(app: &TestApp, slug: &str, plan: &str) -> String {
-    let r = app
-        .gql(
-            None,
-            "query($s: String!) { service(slug: $s) { plans { id name } } }",
-            json!({ "s": slug }),
-        )
-        .await
-        .ok();
-    r.data("service.plans")
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == plan)
-        .unwrap_or_else(|| panic!("no plan {plan} of {slug}: {}", r.0))["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
+pub use crate::billing::plan_id;
 
 /// Credits a wallet through the administrators' mutation (`amount` in major units).
 pub async fn fund(app: &TestApp, admin: &str, user_id: &str, amount: &str) {
