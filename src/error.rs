@@ -110,6 +110,43 @@ impl AppError {
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
         AppError::Internal(cause.into())
     }
+
+    /// PostgreSQL broke a deadlock or a serialization conflict by aborting this
+    /// transaction: running it again is safe and likely to succeed.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let AppError::Internal(cause) = self else {
+            return false;
+        };
+        match cause.downcast_ref::<Error>() {
+            Some(Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) => true,
+            Some(Error::DatabaseError(_, info)) => info.message().contains("deadlock detected"),
+            _ => false,
+        }
+    }
+}
+
+/// Evaluates a business step (one awaited transaction) again, up to three times in all,
+/// when the database aborted it to break a deadlock or a serialization conflict; every
+/// step locks or claims what it changes first, so a second run decides afresh. (A macro:
+/// a generic function over async closures can't promise the `Send` futures resolvers need.)
+#[macro_export]
+macro_rules! retry_transient {
+    ($step:expr) => {{
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match $step {
+                Err(e) if $crate::error::AppError::is_transient(&e) && tries < 3 => {
+                    tracing::warn!(
+                        tries,
+                        "a transaction was aborted to break a deadlock; running it again"
+                    );
+                }
+                done => break done,
+            }
+        }
+    }};
 }
 
 impl From<diesel::result::Error> for AppError {

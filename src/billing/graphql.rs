@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, ID, Object, Result, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
@@ -21,7 +21,7 @@ use crate::pagination::{Cursor, PageArgs, page_cost};
 use crate::state::AppState;
 use crate::users::model::User;
 
-pub type BillingDataLoader = DataLoader<BillingLoader, HashMapCache>;
+pub type BillingDataLoader = DataLoader<BillingLoader, crate::graphql::loader_cache::EpochCache>;
 
 /// Batches the lines of a page of invoices.
 pub struct BillingLoader {

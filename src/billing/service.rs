@@ -264,7 +264,16 @@ pub struct Credit<'a> {
 }
 
 pub async fn credit(conn: &mut Conn, c: &Credit<'_>) -> AppResult<Posted> {
-    let posted = wallet::post(
+    let posted = posted_credit(conn, c).await?;
+    if c.amount > 0 && matches!(posted, Posted::New(_)) {
+        settle_soon(conn, c.user_id).await?;
+    }
+    Ok(posted)
+}
+
+/// The credit's movement alone.
+async fn posted_credit(conn: &mut Conn, c: &Credit<'_>) -> AppResult<Posted> {
+    wallet::post(
         conn,
         &Posting {
             user_id: c.user_id,
@@ -281,11 +290,77 @@ pub async fn credit(conn: &mut Conn, c: &Credit<'_>) -> AppResult<Posted> {
             now: c.now,
         },
     )
-    .await?;
-    if c.amount > 0 && matches!(posted, Posted::New(_)) {
-        settle_soon(conn, c.user_id).await?;
+    .await
+}
+
+/// A debit that paid for a subscription's current period (its charge, an upgrade), with
+/// what is left of it to give back and the tax rate it was charged at.
+#[derive(Debug, Clone, diesel::QueryableByName)]
+pub struct PeriodDebit {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub left: i64,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub tax_rate_bp: i32,
+}
+
+/// The debits that paid for the period starting at `period_start`, oldest first.
+pub async fn period_debits(
+    conn: &mut Conn,
+    subscription_id: Uuid,
+    period_start: DateTime<Utc>,
+) -> AppResult<Vec<PeriodDebit>> {
+    use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
+    use diesel_async::RunQueryDsl;
+    Ok(diesel::sql_query(
+        "SELECT t.id, -t.amount - coalesce((SELECT sum(r.amount) FROM wallet_transactions r
+                                             WHERE r.refund_of = t.id), 0)::bigint AS left,
+                i.tax_rate_bp
+         FROM wallet_transactions t JOIN invoices i ON i.id = t.invoice_id
+         WHERE t.subscription_id = $1 AND t.amount < 0 AND i.period_start >= $2
+         ORDER BY t.created_at, t.id",
+    )
+    .bind::<SqlUuid, _>(subscription_id)
+    .bind::<Timestamptz, _>(period_start)
+    .load(conn)
+    .await?)
+}
+
+/// Gives back to the wallet up to `amount` of what was paid for a subscription's current
+/// period, as REFUND movements each naming the debit they give back (so refunds, plan
+/// changes and cancellations together never return more than was paid); returns what
+/// was credited. Call it with the wallet locked.
+pub async fn credit_back(
+    conn: &mut Conn,
+    debits: &[PeriodDebit],
+    credit: &Credit<'_>,
+) -> AppResult<i64> {
+    let mut left = credit.amount;
+    let mut credited = 0;
+    for debit in debits {
+        let take = left.min(debit.left);
+        if take <= 0 {
+            continue;
+        }
+        let key = credit.unique_key.map(|k| format!("{k}:{}", debit.id));
+        posted_credit(
+            conn,
+            &Credit {
+                amount: take,
+                refund_of: Some(debit.id),
+                unique_key: key.as_deref(),
+                ..credit.clone()
+            },
+        )
+        .await?;
+        left -= take;
+        credited += take;
     }
-    Ok(posted)
+    if credited > 0 {
+        settle_soon(conn, credit.user_id).await?;
+    }
+    Ok(credited)
 }
 
 /// Queues the settling of a user's PAST_DUE and SUSPENDED subscriptions, to run right

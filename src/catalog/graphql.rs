@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, ID, InputObject, Json, MaybeUndefined, Object, Result};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -183,7 +183,7 @@ impl Plan {
 }
 
 /// Cached per request, so a parent resolver can prefetch for its children.
-pub type CatalogDataLoader = DataLoader<CatalogLoader, HashMapCache>;
+pub type CatalogDataLoader = DataLoader<CatalogLoader, crate::graphql::loader_cache::EpochCache>;
 
 /// Batches the categories and plans a page of services refers to.
 pub struct CatalogLoader {

@@ -376,3 +376,22 @@ pub async fn release_quota(conn: &mut Conn, id: Uuid) -> QueryResult<()> {
     .await
     .map(drop)
 }
+
+/// Moves one place of quota from one plan to another, taking both rows in id order (so
+/// that two opposite moves can't wait on each other); `false` when `to` is sold out.
+pub async fn move_quota(conn: &mut Conn, from: Uuid, to: Uuid) -> QueryResult<bool> {
+    let mut ids = [from, to];
+    ids.sort();
+    service_plans::table
+        .filter(service_plans::id.eq_any(ids))
+        .order(service_plans::id)
+        .for_update()
+        .select(service_plans::id)
+        .load::<Uuid>(conn)
+        .await?;
+    if take_quota(conn, to).await?.is_none() {
+        return Ok(false);
+    }
+    release_quota(conn, from).await?;
+    Ok(true)
+}

@@ -832,6 +832,18 @@ pub async fn take_quota(conn: &mut crate::db::Conn, plan_id: Uuid) -> AppResult<
     }
 }
 
+/// Moves a subscription's place from one plan's quota to another's (CONFLICT when the
+/// other is sold out).
+pub async fn move_quota(conn: &mut crate::db::Conn, from: Uuid, to: Uuid) -> AppResult<()> {
+    if model::move_quota(conn, from, to).await? {
+        Ok(())
+    } else {
+        Err(AppError::Conflict(
+            "this plan is sold out: its quota is used up".into(),
+        ))
+    }
+}
+
 /// Gives a place back to the plan's quota.
 pub async fn release_quota(conn: &mut crate::db::Conn, plan_id: Uuid) -> AppResult<()> {
     Ok(model::release_quota(conn, plan_id).await?)

@@ -3,11 +3,12 @@
 pub mod caller;
 pub mod handlers;
 pub mod limits;
+pub mod loader_cache;
 pub mod over_http;
 pub mod socket;
 
 use async_graphql::connection::{Connection, Edge, EmptyFields};
-use async_graphql::dataloader::{DataLoader, HashMapCache};
+use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, ID, MergedObject, MergedSubscription, Object, OutputType, Schema};
 use uuid::Uuid;
 
@@ -118,6 +119,8 @@ pub fn request_data(
     client: ClientInfo,
 ) -> async_graphql::Data {
     let mut data = async_graphql::Data::default();
+    let epoch = loader_cache::Epoch::default();
+    data.insert(epoch.clone());
     data.insert(state.clone());
     data.insert(DataLoader::new(
         UserLoader::new(state.clone(), identity.clone()),
@@ -126,18 +129,18 @@ pub fn request_data(
     data.insert(CatalogDataLoader::with_cache(
         CatalogLoader::new(state.clone(), identity.clone()),
         tokio::spawn,
-        HashMapCache::default(),
+        loader_cache::EpochCache(epoch.clone()),
     ));
     data.insert(crate::billing::graphql::BillingDataLoader::with_cache(
         crate::billing::graphql::BillingLoader::new(state.clone(), identity.clone()),
         tokio::spawn,
-        HashMapCache::default(),
+        loader_cache::EpochCache(epoch.clone()),
     ));
     data.insert(
         crate::subscriptions::graphql::SubscriptionDataLoader::with_cache(
             crate::subscriptions::graphql::SubscriptionLoader::new(state.clone(), identity.clone()),
             tokio::spawn,
-            HashMapCache::default(),
+            loader_cache::EpochCache(epoch.clone()),
         ),
     );
     data.insert(identity);
@@ -217,33 +220,44 @@ where
     use tokio::sync::broadcast::error::RecvError;
     let actor = ctx.identity().actor()?.clone();
     let state = ctx.state().clone();
+    // Each event's nested fields are loaded afresh, not from the previous event's cache.
+    let epoch = ctx.data_unchecked::<loader_cache::Epoch>().clone();
     let events = state.events.subscribe();
     Ok(futures_util::stream::unfold(
         (events, state, actor, deliver),
-        move |(mut events, state, actor, deliver)| async move {
-            loop {
-                let message = match events.recv().await {
-                    Ok(message) => message,
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, topic, "a slow subscriber missed events");
+        move |(mut events, state, actor, deliver)| {
+            let epoch = epoch.clone();
+            async move {
+                loop {
+                    let message = match events.recv().await {
+                        Ok(message) => message,
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, topic, "a slow subscriber missed events");
+                            continue;
+                        }
+                        Err(RecvError::Closed) => return None,
+                    };
+                    let Some(event) = message.decode::<T>(topic) else {
                         continue;
-                    }
-                    Err(RecvError::Closed) => return None,
-                };
-                let Some(event) = message.decode::<T>(topic) else {
-                    continue;
-                };
-                let now =
-                    match crate::auth::identity::current(&state, actor.user_id, actor.session_id)
-                        .await
+                    };
+                    let now = match crate::auth::identity::current(
+                        &state,
+                        actor.user_id,
+                        actor.session_id,
+                    )
+                    .await
                     {
                         Ok(Some(now)) => now,
                         _ => return None,
                     };
-                match deliver(state.clone(), Identity::User(now), event).await {
-                    Ok(Some(out)) => return Some((out, (events, state, actor, deliver))),
-                    Ok(None) => continue,
-                    Err(_) => return None,
+                    match deliver(state.clone(), Identity::User(now), event).await {
+                        Ok(Some(out)) => {
+                            epoch.bump();
+                            return Some((out, (events, state, actor, deliver)));
+                        }
+                        Ok(None) => continue,
+                        Err(_) => return None,
+                    }
                 }
             }
         },

@@ -52,6 +52,7 @@ pub async fn renew_batch(
         ), wal AS (
             SELECT w.user_id, w.balance
             FROM wallets w JOIN priced ON priced.user_id = w.user_id AND w.currency = priced.currency
+            ORDER BY w.user_id -- one lock order for every batch: concurrent batches can't deadlock
             FOR UPDATE OF w
         ), go AS (
             SELECT priced.*, wal.balance, priced.price + priced.tax AS total,

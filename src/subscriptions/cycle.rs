@@ -18,14 +18,13 @@ use uuid::Uuid;
 
 use super::events;
 use super::model::{self, Subscription, SubscriptionStatus};
-use super::service::{end, month_after, period_line, period_purpose};
+use super::service::{desire, end, month_after, period_line, period_purpose};
 use crate::billing::model::TransactionType;
 use crate::billing::service::{self as billing, Charge};
 use crate::catalog::service::{self as catalog, ForSale};
 use crate::db::Conn;
 use crate::error::{AppError, AppResult};
 use crate::instances::model::DesiredState;
-use crate::instances::service as instances;
 use crate::state::AppState;
 
 /// Subscriptions fetched per round.
@@ -115,7 +114,11 @@ const BULK_BATCH: i64 = 1_000;
 /// period, until none is due: the common case in bulk first, then one by one whatever
 /// needs a decision (a short wallet, a cancellation, ...).
 pub async fn run_renewals(state: &AppState) -> anyhow::Result<Summary> {
-    let bulk = renew_in_bulk(state).await?;
+    // Whatever the bulk pass could not do (it failed, even), the one-at-a-time pass does.
+    let bulk = renew_in_bulk(state).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "bulk renewals failed; renewing one at a time");
+        0
+    });
     let plans = Plans::default();
     let mut summary = run(state, &plans, |conn, now| {
         Box::pin(model::renewal_due(conn, now, BATCH))
@@ -133,9 +136,12 @@ async fn renew_in_bulk(state: &AppState) -> anyhow::Result<usize> {
         loop {
             let mut conn = state.pool.get().await?;
             let now = state.clock.now();
-            let batch =
+            let batch = crate::retry_transient!(
                 super::bulk::renew_batch(&mut conn, &state.settings.billing, now, BULK_BATCH)
-                    .await?;
+                    .await
+                    .map_err(AppError::from)
+            )
+            .map_err(|e| anyhow::anyhow!("bulk renewal: {e:?}"))?;
             if batch.is_empty() {
                 return Ok::<_, anyhow::Error>(renewed);
             }
@@ -264,7 +270,7 @@ async fn decide(
                 cycle.status = SubscriptionStatus::Suspended;
                 cycle.suspended_at = sub.grace_until;
                 cycle.next_retry_at = None;
-                instances::set_desired_state(conn, sub.id, DesiredState::Stopped, now).await?;
+                desire(conn, sub, DesiredState::Stopped, now).await?;
                 Step::Suspended
             } else {
                 cycle.failed_charges += 1;
@@ -417,7 +423,7 @@ async fn settle(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> AppR
     cycle.suspended_at = None;
     cycle.updated_at = now;
     if sub.status == SubscriptionStatus::Suspended {
-        instances::set_desired_state(conn, sub.id, DesiredState::Running, now).await?;
+        desire(conn, sub, DesiredState::Running, now).await?;
     }
     let saved = model::save(conn, sub.id, &cycle).await?;
     events::changed(conn, &saved).await?;
@@ -449,10 +455,8 @@ pub async fn settle_user(state: &AppState, user_id: Uuid) -> anyhow::Result<usiz
             super::service::committed(state);
             settled += 1;
             tracing::info!(subscription_id = %id, %user_id, "overdue subscription settled");
-        } else {
-            // Debts are paid oldest first; if this one can't be, later ones wait too.
-            break;
         }
+        // One the wallet can't cover doesn't keep the smaller ones after it unpaid.
     }
     Ok(settled)
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{Context, ID, InputObject, Object, Result, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures_util::Stream;
@@ -20,7 +20,8 @@ use crate::pagination::{Cursor, PageArgs, page_cost};
 use crate::state::AppState;
 use crate::users::model::User;
 
-pub type SubscriptionDataLoader = DataLoader<SubscriptionLoader, HashMapCache>;
+pub type SubscriptionDataLoader =
+    DataLoader<SubscriptionLoader, crate::graphql::loader_cache::EpochCache>;
 
 /// Batches what a page of subscriptions refers to: plans, services, instances.
 pub struct SubscriptionLoader {

@@ -183,6 +183,25 @@ pub async fn lock(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Subscription>
         .optional()
 }
 
+/// Locked, if it exists (and belongs to `owner`, when given).
+pub async fn lock_owned(
+    conn: &mut Conn,
+    id: Uuid,
+    owner: Option<Uuid>,
+) -> QueryResult<Option<Subscription>> {
+    let Some(owner) = owner else {
+        return lock(conn, id).await;
+    };
+    subs::table
+        .find(id)
+        .filter(subs::user_id.eq(owner))
+        .for_update()
+        .select(Subscription::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// Locked, or `None` when another transaction holds it (a billing worker on it already).
 pub async fn try_lock(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Subscription>> {
     subs::table
@@ -292,6 +311,7 @@ pub async fn dunning_due(
 pub async fn in_debt(conn: &mut Conn, user_id: Uuid) -> QueryResult<Vec<Uuid>> {
     subs::table
         .filter(subs::user_id.eq(user_id))
+        .filter(subs::suspended_by_admin.eq(false))
         .filter(subs::status.eq_any(vec![
             SubscriptionStatus::PastDue,
             SubscriptionStatus::Suspended,

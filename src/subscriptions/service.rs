@@ -70,7 +70,9 @@ fn may_act(actor: &Actor, sub: &Subscription) -> AppResult<()> {
 
 /// Locks a subscription the caller may act on (NOT_FOUND otherwise: no probing).
 async fn lock_for(conn: &mut Conn, actor: &Actor, id: Uuid) -> AppResult<Subscription> {
-    let sub = model::lock(conn, id)
+    // A customer's lock never touches someone else's row, not even for a moment.
+    let owner = (!actor.is_admin()).then_some(actor.user_id);
+    let sub = model::lock_owned(conn, id, owner)
         .await?
         .ok_or_else(|| AppError::not_found("subscription"))?;
     may_act(actor, &sub)?;
@@ -113,6 +115,18 @@ async fn within_limits(
     user_id: Uuid,
     sale: &ForSale,
 ) -> AppResult<()> {
+    plan_limit(conn, user_id, sale).await?;
+    let max = state.settings.billing.max_subscriptions_per_user;
+    if model::live_count(conn, user_id, None).await? >= max {
+        return Err(AppError::Conflict(format!(
+            "you already hold {max} subscriptions, the most one customer may hold"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the plan's per-user limit for one more subscription to it.
+async fn plan_limit(conn: &mut Conn, user_id: Uuid, sale: &ForSale) -> AppResult<()> {
     if let Some(max) = sale.plan.max_instances_per_user {
         let held = model::live_count(conn, user_id, Some(sale.plan.id)).await?;
         if held >= i64::from(max) {
@@ -120,12 +134,6 @@ async fn within_limits(
                 "you already hold {held} subscription(s) to this plan, its limit per customer"
             )));
         }
-    }
-    let max = state.settings.billing.max_subscriptions_per_user;
-    if model::live_count(conn, user_id, None).await? >= max {
-        return Err(AppError::Conflict(format!(
-            "you already hold {max} subscriptions, the most one customer may hold"
-        )));
     }
     Ok(())
 }
@@ -173,8 +181,8 @@ pub async fn subscribe(
     let key = idempotency::validate(input.idempotency_key.as_deref())?;
     let now = state.clock.now();
     let mut conn = state.pool.get().await?;
-    let made = conn
-        .transaction(async |conn| {
+    let made = crate::retry_transient!(
+        conn.transaction(async |conn| {
             if let Some(key) = &key {
                 let args = json!({ "planId": input.plan_id, "name": name });
                 if let Claim::Replay(ids) =
@@ -264,7 +272,8 @@ pub async fn subscribe(
                 instance,
             }))
         })
-        .await?;
+        .await
+    )?;
     match made {
         Ok(made) => {
             committed(state);
@@ -306,7 +315,7 @@ async fn queue_provisioning(conn: &mut Conn, instance_id: Uuid) -> AppResult<()>
 }
 
 /// Moves the subscription's instance to a desired state, and queues the provisioner.
-async fn desire(
+pub(super) async fn desire(
     conn: &mut Conn,
     sub: &Subscription,
     desired: DesiredState,
@@ -363,8 +372,8 @@ pub async fn change_plan(
     let now = state.clock.now();
     let billing_settings = &state.settings.billing;
     let mut conn = state.pool.get().await?;
-    let changed = conn
-        .transaction(async |conn| {
+    let changed = crate::retry_transient!(
+        conn.transaction(async |conn| {
             if let Some(key) = &key {
                 let args = json!({ "subscriptionId": id, "planId": plan_id });
                 if let Claim::Replay(_) = idempotency::claim(
@@ -403,7 +412,10 @@ pub async fn change_plan(
             }
             same_currency(state, &new)?;
             let wallet = billing::lock_wallet(conn, sub.user_id, &sub.currency).await?;
-            within_limits(conn, state, sub.user_id, &new).await?;
+            plan_limit(conn, sub.user_id, &new).await?;
+            // Every step takes its rows in one order (subscription, wallet, plans by id,
+            // the invoice counter last), so no two steps can wait on each other.
+            catalog::move_quota(conn, old.plan.id, new.plan.id).await?;
             let (start, end) = (sub.current_period_start, sub.current_period_end);
             let unused = prorate(sub.price, start, end, now);
             let remaining = prorate(new.plan.monthly_price, start, end, now);
@@ -432,7 +444,7 @@ pub async fn change_plan(
                         &wallet.currency,
                     ));
                 }
-                let purpose = format!("change:{}", now.timestamp_micros());
+                let purpose = format!("change:{}", Uuid::new_v4());
                 let description = format!(
                     "Upgrade of \"{}\" to {} {}",
                     sub.name, new.service.name, new.plan.name
@@ -455,13 +467,17 @@ pub async fn change_plan(
                 .await?
                 .map_err(|short| short.error(&sub.currency))?;
             } else if difference < 0 {
-                let credit = -difference + billing::tax_of(billing_settings, -difference);
+                // Tax comes back at the rate it was paid at.
+                let debits = billing::period_debits(conn, sub.id, start).await?;
+                let rate = debits.first().map_or(0, |d| d.tax_rate_bp);
+                let credit = -difference + crate::billing::invoice::tax_of(-difference, rate);
                 let description = format!(
                     "Downgrade of \"{}\" to {} {}: unused time credited",
                     sub.name, new.service.name, new.plan.name
                 );
-                billing::credit(
+                billing::credit_back(
                     conn,
+                    &debits,
                     &Credit {
                         user_id: sub.user_id,
                         kind: TransactionType::Refund,
@@ -478,8 +494,6 @@ pub async fn change_plan(
                 )
                 .await?;
             }
-            catalog::take_quota(conn, new.plan.id).await?;
-            catalog::release_quota(conn, old.plan.id).await?;
             let mut cycle = sub.cycle();
             cycle.plan_id = new.plan.id;
             cycle.price = new.plan.monthly_price;
@@ -499,7 +513,8 @@ pub async fn change_plan(
             }
             Ok::<_, AppError>(Some(saved))
         })
-        .await?;
+        .await
+    )?;
     committed(state);
     match changed {
         Some(sub) => {
@@ -520,10 +535,9 @@ pub async fn cancel(
 ) -> AppResult<Subscription> {
     let actor = identity.actor()?.clone();
     let now = state.clock.now();
-    let billing_settings = &state.settings.billing;
     let mut conn = state.pool.get().await?;
-    let saved = conn
-        .transaction(async |conn| {
+    let saved = crate::retry_transient!(
+        conn.transaction(async |conn| {
             let sub = lock_for(conn, &actor, id).await?;
             if sub.status.is_final() {
                 return Err(AppError::Conflict(format!(
@@ -531,8 +545,10 @@ pub async fn cancel(
                     sub.status.as_str()
                 )));
             }
-            let paid_up = sub.status == SubscriptionStatus::Active;
-            if at_period_end && paid_up {
+            // Paid for the period: ACTIVE, or stopped by an administrator within it.
+            let paid_up = sub.status == SubscriptionStatus::Active
+                || (sub.suspended_by_admin && billing::open_invoice(conn, sub.id).await?.is_none());
+            if at_period_end && sub.status == SubscriptionStatus::Active {
                 if sub.cancel_at_period_end {
                     return Ok(sub);
                 }
@@ -545,19 +561,21 @@ pub async fn cancel(
             }
             // Now (or unpaid, which has no period left to run): credit what is unused.
             if paid_up && sub.current_period_end > now {
-                let unused = prorate(
-                    sub.price,
-                    sub.current_period_start,
-                    sub.current_period_end,
-                    now,
-                );
-                let credit = unused + billing::tax_of(billing_settings, unused);
+                let (start, end_at) = (sub.current_period_start, sub.current_period_end);
+                let unused = prorate(sub.price, start, end_at, now);
+                // The wallet first: what was refunded so far is read under its lock.
+                billing::lock_wallet(conn, sub.user_id, &sub.currency).await?;
+                // Tax comes back at the rate it was paid at.
+                let debits = billing::period_debits(conn, sub.id, start).await?;
+                let rate = debits.first().map_or(0, |d| d.tax_rate_bp);
+                let credit = unused + crate::billing::invoice::tax_of(unused, rate);
                 if credit > 0 {
                     let description =
                         format!("Cancellation of \"{}\": unused time credited", sub.name);
                     let key = format!("cancel:{}", sub.id);
-                    billing::credit(
+                    billing::credit_back(
                         conn,
+                        &debits,
                         &Credit {
                             user_id: sub.user_id,
                             kind: TransactionType::Refund,
@@ -577,7 +595,8 @@ pub async fn cancel(
             }
             end(conn, &sub, SubscriptionStatus::Cancelled, now).await
         })
-        .await?;
+        .await
+    )?;
     committed(state);
     tracing::info!(subscription_id = %id, at_period_end, "subscription cancelled");
     Ok(saved)
@@ -719,10 +738,12 @@ pub async fn suspend(state: &AppState, identity: &Identity, id: Uuid) -> AppResu
     .await
 }
 
-/// Lifts an administrator's suspension: ACTIVE again (the billing cycle then renews it
-/// if its period has ended meanwhile), or back to the dunning it was in.
+/// Lifts an administrator's suspension: ACTIVE again, or back to the dunning it was in.
+/// The time it stood stopped is given back: the paid period (or the grace) runs on by as
+/// long, so nobody pays for days their instance was stopped by an administrator.
 pub async fn unsuspend(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<Subscription> {
-    by_admin(state, identity, id, "subscription.unsuspend", |conn, sub| {
+    let now = state.clock.now();
+    by_admin(state, identity, id, "subscription.unsuspend", move |conn, sub| {
         async move {
             if sub.status != SubscriptionStatus::Suspended || !sub.suspended_by_admin {
                 return Err(AppError::Conflict(
@@ -735,13 +756,28 @@ pub async fn unsuspend(state: &AppState, identity: &Identity, id: Uuid) -> AppRe
             } else {
                 SubscriptionStatus::Active
             };
+            let stopped_at = sub.suspended_at.unwrap_or(now);
+            let stopped = (now - stopped_at).max(chrono::Duration::zero());
+            let later = |t: DateTime<Utc>| later_by(t, stopped_at, stopped);
+            cycle.current_period_end = later_by(sub.current_period_end, stopped_at, stopped);
+            cycle.grace_until = sub.grace_until.map(later);
+            cycle.next_retry_at = sub.next_retry_at.map(later);
             cycle.suspended_by_admin = false;
             cycle.suspended_at = None;
-            Ok((cycle, DesiredState::Running, json!({})))
+            Ok((
+                cycle,
+                DesiredState::Running,
+                json!({ "stoppedSeconds": stopped.num_seconds() }),
+            ))
         }
         .boxed()
     })
     .await
+}
+
+/// `t` moved on by `by` if it was still ahead at `since` (time that stood still).
+fn later_by(t: DateTime<Utc>, since: DateTime<Utc>, by: chrono::Duration) -> DateTime<Utc> {
+    if t > since { t + by } else { t }
 }
 
 // ---- reading

@@ -492,8 +492,14 @@ async fn an_administrators_suspension_stops_the_instance_and_the_cycle_leaves_it
         r.str("unsuspendSubscription.instance.desiredState"),
         "RUNNING"
     );
-    // Its period ended meanwhile: the next run bills it (the wallet is empty: PAST_DUE).
-    tick(&app, end + Duration::days(40) + Duration::minutes(1)).await;
+    // The paid days it stood stopped are given back: the period runs on by as long.
+    let resumed = sub(&app, &user, &id).await;
+    let new_end = at(&resumed["currentPeriodEnd"]);
+    assert!(new_end > end + Duration::days(39), "{new_end} vs {end}");
+    tick(&app, new_end - Duration::minutes(1)).await;
+    assert_eq!(sub(&app, &user, &id).await["status"], "ACTIVE");
+    // Then it is billed as usual (the wallet is empty: PAST_DUE).
+    tick(&app, new_end + Duration::minutes(1)).await;
     assert_eq!(sub(&app, &user, &id).await["status"], "PAST_DUE");
     let audit = app
         .gql(
@@ -596,4 +602,233 @@ async fn a_renewal_pays_the_plans_new_price_or_its_own_when_the_plan_changed_cur
         "35000 then 35000 again"
     );
     assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refunds_cancellations_and_downgrades_together_never_give_back_more_than_was_paid() {
+    let app = spawn_app_with(&[("PODIUM_TAX_RATE_PERCENT", "10")]).await;
+    let admin = app.admin().await;
+    app.state.clock.stop();
+    // 30000 + 10 % tax = 33000 paid.
+    let user = funded_user(&app, &admin, "refunded", "33000").await;
+    let plan = plan_id(&app, "ghost", "Basic").await;
+    let id = subscribe(&app, &user, &plan, "goodwill")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    assert_eq!(balance(&app, &user).await, "0.00");
+    // The operator raises the tax afterwards: a credit gives back what was paid, at 10 %.
+    let w = app.gql(Some(&user.access), WALLET, json!({})).await.ok();
+    let debit = nodes(w.data("wallet.transactions"))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // An administrator refunds 30000 of it as goodwill; then the customer cancels at once.
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { refundTransaction(id: $id, amount: \"30000\") { id } }",
+        json!({ "id": debit }),
+    )
+    .await
+    .ok();
+    let r = app
+        .gql(
+            Some(&user.access),
+            "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    assert_eq!(r.str("cancelSubscription.status"), "CANCELLED");
+    assert_eq!(
+        balance(&app, &user).await,
+        "33000.00",
+        "never more than the 33000 paid"
+    );
+    assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credits_give_tax_back_at_the_rate_it_was_paid_at() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    app.state.clock.stop();
+    let (user, id) = subscribed(&app, &admin, 0).await;
+    let s = sub(&app, &user, &id).await;
+    let (start, end) = (at(&s["currentPeriodStart"]), at(&s["currentPeriodEnd"]));
+    // Paid without tax; a tax of 11 % is switched on (a restart with the new setting).
+    let taxed = spawn_app_on(&app.database_url, &[("PODIUM_TAX_RATE_PERCENT", "11")]).await;
+    taxed.state.clock.stop();
+    taxed.state.clock.advance_to(start + (end - start) / 2);
+    let r = taxed
+        .gql(
+            Some(&user.access),
+            "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    assert_eq!(r.str("cancelSubscription.status"), "CANCELLED");
+    assert_eq!(
+        balance(&app, &user).await,
+        "15000.00",
+        "half of 30000, and no tax never paid"
+    );
+    assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_plans_works_at_the_platform_limit_and_races_subscribes_without_deadlock() {
+    let app = spawn_app_with(&[("PODIUM_MAX_SUBSCRIPTIONS_PER_USER", "2")]).await;
+    let admin = app.admin().await;
+    let user = funded_user(&app, &admin, "capped", "1000000").await;
+    let basic = plan_id(&app, "n8n", "Basic").await;
+    let standard = plan_id(&app, "n8n", "Standard").await;
+    let a = subscribe(&app, &user, &basic, "a")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    subscribe(&app, &user, &standard, "b").await.ok();
+    assert_eq!(
+        subscribe(&app, &user, &basic, "c").await.code(),
+        "CONFLICT",
+        "at the limit"
+    );
+    let change = "mutation($id: ID!, $p: ID!) { changeSubscriptionPlan(id: $id, planId: $p) { plan { name } } }";
+    let r = app
+        .gql(
+            Some(&user.access),
+            change,
+            json!({ "id": a, "p": standard }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        r.str("changeSubscriptionPlan.plan.name"),
+        "Standard",
+        "a change is not a new subscription"
+    );
+
+    // Customers changing between two plans both ways while others subscribe to them: every
+    // call ends in success or a clear refusal, never INTERNAL (a deadlock).
+    let mut changers = Vec::new();
+    for i in 0..6 {
+        let s = funded_user(&app, &admin, &format!("changer{i}"), "1000000").await;
+        let from = if i % 2 == 0 { &basic } else { &standard };
+        let id = subscribe(&app, &s, from, "flows")
+            .await
+            .ok()
+            .str("subscribe.subscription.id");
+        changers.push((
+            s,
+            id,
+            if i % 2 == 0 {
+                standard.clone()
+            } else {
+                basic.clone()
+            },
+        ));
+    }
+    let mut buyers = Vec::new();
+    for i in 0..6 {
+        buyers.push(funded_user(&app, &admin, &format!("buyer{i}"), "1000000").await);
+    }
+    let changes = changers
+        .iter()
+        .map(|(s, id, to)| app.gql(Some(&s.access), change, json!({ "id": id, "p": to })));
+    let buys = buyers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| subscribe(&app, s, if i % 2 == 0 { &basic } else { &standard }, "new"));
+    let (changed, bought) = tokio::join!(
+        futures_util::future::join_all(changes),
+        futures_util::future::join_all(buys)
+    );
+    for r in changed.iter().chain(bought.iter()) {
+        assert!(r.0["errors"].is_null(), "{}", r.0);
+    }
+    assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn money_settles_every_debt_it_covers_past_an_administrators_suspension_and_a_debt_it_cannot()
+{
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let user = funded_user(&app, &admin, "debtor", "230000").await;
+    let business = plan_id(&app, "wordpress", "Business").await; // 150000
+    let ghost = plan_id(&app, "ghost", "Basic").await; // 30000
+    let big = subscribe(&app, &user, &business, "shop")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    let held = subscribe(&app, &user, &ghost, "held")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    let small = subscribe(&app, &user, &ghost, "blog")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    assert_eq!(balance(&app, &user).await, "20000.00");
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { suspendSubscription(id: $id) { id } }",
+        json!({ "id": held }),
+    )
+    .await
+    .ok();
+    let end = at(&sub(&app, &user, &small).await["currentPeriodEnd"]);
+    tick(&app, end + Duration::hours(1)).await;
+    assert_eq!(sub(&app, &user, &big).await["status"], "PAST_DUE");
+    assert_eq!(sub(&app, &user, &small).await["status"], "PAST_DUE");
+    // 20000 + 15000 covers the blog's 30000, not the shop's 150000 (older in the queue).
+    adjust(&app, &admin, &user.user_id, "15000").await.ok();
+    eventually("the blog is settled", || async {
+        sub(&app, &user, &small).await["status"] == "ACTIVE"
+    })
+    .await;
+    assert_eq!(sub(&app, &user, &big).await["status"], "PAST_DUE");
+    assert_eq!(sub(&app, &user, &held).await["status"], "SUSPENDED");
+    assert_eq!(balance(&app, &user).await, "5000.00");
+    assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_subscription_events_show_nested_data_as_it_is_now() {
+    use crate::subscriptions::{connect, recv, send};
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, id) = subscribed(&app, &admin, 0).await;
+    let mut ws = connect(&app, "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", user.access) } })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    send(&mut ws, json!({ "id": "s", "type": "subscribe", "payload": { "query": "subscription { serviceSubscriptionChanged { status instance { desiredState } } }" } })).await;
+    eventually("listening", || async {
+        app.state.events.subscribers() >= 1
+    })
+    .await;
+    let cancel = "mutation($id: ID!) { cancelSubscription(id: $id) { id } }";
+    app.gql(Some(&user.access), cancel, json!({ "id": id }))
+        .await
+        .ok();
+    let first = recv(&mut ws).await;
+    assert_eq!(
+        first["payload"]["data"]["serviceSubscriptionChanged"]["instance"]["desiredState"],
+        "RUNNING"
+    );
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { suspendSubscription(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    let second = recv(&mut ws).await;
+    let changed = &second["payload"]["data"]["serviceSubscriptionChanged"];
+    assert_eq!(changed["status"], "SUSPENDED");
+    assert_eq!(
+        changed["instance"]["desiredState"], "STOPPED",
+        "not the first event's cached instance"
+    );
 }

@@ -83,6 +83,11 @@ pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings
         ("PODIUM_LISTEN".into(), "127.0.0.1:0".into()),
         ("PODIUM_WORKERS".into(), "1".into()),
         ("PODIUM_DB_POOL_SIZE".into(), "4".into()),
+        // The billing jobs run when a test runs them (on the clock it moves), not on a
+        // cron tick that could land in the middle of it; tests of the schedules set their own.
+        ("PODIUM_BILLING_RENEWAL_CRON".into(), NEVER.into()),
+        ("PODIUM_BILLING_DUNNING_CRON".into(), NEVER.into()),
+        ("PODIUM_TOP_UP_RECONCILE_CRON".into(), NEVER.into()),
     ];
     vars.extend(
         overrides
@@ -91,6 +96,9 @@ pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings
     );
     Settings::from_vars(vars).expect("valid test settings")
 }
+
+/// A cron expression that fires once a year, at midnight on January 1st.
+pub const NEVER: &str = "0 0 0 1 1 *";
 
 pub const JWT_SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
