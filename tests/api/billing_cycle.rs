@@ -419,23 +419,56 @@ async fn two_replicas_renewing_at_once_charge_each_subscription_once() {
     let app = spawn_app().await;
     let other = spawn_app_on(&app.database_url, &[]).await;
     let admin = app.admin().await;
-    let mut users = Vec::new();
-    for _ in 0..12 {
-        users.push(subscribed(&app, &admin, 30000).await);
+    let plan = plan_id(&app, "ghost", "Basic").await;
+    // Customers with two subscriptions each (their wallets are wanted by two renewals at
+    // once); the last three can pay only one of the two renewals.
+    let mut customers = Vec::new();
+    for i in 0..9 {
+        let left = if i < 6 { "60000" } else { "30000" };
+        let user = funded_user(
+            &app,
+            &admin,
+            &format!("pair{i}"),
+            &(60000 + left.parse::<i64>().unwrap()).to_string(),
+        )
+        .await;
+        for n in 0..2 {
+            subscribe(&app, &user, &plan, &format!("site {n}"))
+                .await
+                .ok();
+        }
+        customers.push((user, i < 6));
     }
     let later = Utc::now() + Duration::days(32);
     app.state.clock.advance_to(later);
     other.state.clock.advance_to(later);
-    let (a, b, c) = tokio::join!(
+    let (a, b, c, d) = tokio::join!(
         run_renewals(&app.state),
         run_renewals(&other.state),
-        run_renewals(&app.state)
+        run_renewals(&app.state),
+        run_renewals(&other.state)
     );
-    let renewed = a.unwrap().renewed + b.unwrap().renewed + c.unwrap().renewed;
-    assert_eq!(renewed, 12);
-    for (user, _) in &users {
+    let runs = [a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()];
+    let renewed: usize = runs.iter().map(|r| r.renewed).sum();
+    let past_due: usize = runs.iter().map(|r| r.past_due).sum();
+    assert_eq!((renewed, past_due), (12 + 3, 3), "{runs:?}");
+    for (user, both) in &customers {
         assert_eq!(balance(&app, user).await, "0.00");
-        assert_eq!(invoices(&app, user).await.len(), 2);
+        assert_eq!(
+            invoices(&app, user).await.len(),
+            4,
+            "two charges, two renewals (paid or open)"
+        );
+        let mine = app
+            .gql(
+                Some(&user.access),
+                "{ mySubscriptions { edges { node { status } } } }",
+                json!({}),
+            )
+            .await
+            .ok();
+        let due = mine.0.to_string().matches("PAST_DUE").count();
+        assert_eq!(due, if *both { 0 } else { 1 });
     }
     assert_billing_consistent(&app).await;
 }

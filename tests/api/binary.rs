@@ -730,6 +730,20 @@ async fn a_renewal_batch_killed_half_way_and_run_again_charges_each_subscription
     )
     .await;
     assert_eq!(unrenewed, 0, "no period skipped");
+    // Each moved on by exactly one period, the one its charge paid.
+    let off = count_of(
+        &mut conn,
+        "SELECT count(*) AS n FROM service_subscriptions s JOIN invoices i ON i.subscription_id = s.id
+         WHERE i.period_start <> s.current_period_start OR i.period_end <> s.current_period_end",
+    )
+    .await;
+    assert_eq!(off, 0, "every period is the one its invoice billed");
+    let starts = count_of(
+        &mut conn,
+        "SELECT count(DISTINCT current_period_start) AS n FROM service_subscriptions",
+    )
+    .await;
+    assert_eq!(starts, 1, "all start where the seeded period ended");
     assert_billing_consistent(&again).await;
 }
 
