@@ -341,7 +341,9 @@ pub fn signed_amount(state: &AppState, field: &str, amount: &str) -> crate::erro
     let amount = amount.trim();
     match amount.strip_prefix('-') {
         Some(rest) => Ok(-crate::money::parse_amount(field, rest, currency)?),
-        None => crate::money::parse_amount(field, amount.trim_start_matches('+'), currency),
+        None => {
+            crate::money::parse_amount(field, amount.strip_prefix('+').unwrap_or(amount), currency)
+        }
     }
 }
 

@@ -498,10 +498,16 @@ pub async fn adjust_balance(
 ) -> AppResult<WalletTransaction> {
     let actor = identity.admin()?;
     let reason = reason.trim().to_string();
-    if reason.is_empty() || reason.len() > 500 {
+    if reason.is_empty() || reason.chars().count() > 500 {
         return Err(AppError::field(
             "reason",
             "must say why, in at most 500 characters",
+        ));
+    }
+    if reason.chars().any(crate::subscriptions::service::is_hidden) {
+        return Err(AppError::field(
+            "reason",
+            "must not contain control, invisible or direction-changing characters",
         ));
     }
     if amount == 0 {
@@ -530,7 +536,19 @@ pub async fn adjust_balance(
                     now,
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // Said to an administrator: the balance can't go below zero.
+                AppError::PaymentRequired {
+                    shortfall,
+                    currency,
+                    ..
+                } => AppError::Conflict(format!(
+                    "a wallet never goes below zero: this debit is {} {currency} more than it holds",
+                    crate::money::format_amount(shortfall, &currency)
+                )),
+                other => other,
+            })?;
             let tx = posted.transaction().clone();
             let meta = json!({ "userId": user_id, "amount": amount, "currency": currency, "reason": reason, "transactionId": tx.id });
             Ok((tx, Some(user_id), meta))

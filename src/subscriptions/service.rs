@@ -79,6 +79,13 @@ async fn lock_for(conn: &mut Conn, actor: &Actor, id: Uuid) -> AppResult<Subscri
     Ok(sub)
 }
 
+/// Characters that print as nothing or reorder what follows: names on invoices and
+/// in the admin console must read as what they are.
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn validate_name(name: &str) -> AppResult<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 63 {
@@ -87,10 +94,10 @@ fn validate_name(name: &str) -> AppResult<String> {
             "must be between 1 and 63 characters",
         ));
     }
-    if name.chars().any(char::is_control) {
+    if name.chars().any(is_hidden) {
         return Err(AppError::field(
             "name",
-            "must not contain control characters",
+            "must not contain control, invisible or direction-changing characters",
         ));
     }
     Ok(name.to_string())

@@ -455,7 +455,24 @@ async fn admin_adjustments_and_refunds_never_go_below_zero_and_are_audited() {
     let admin = app.admin().await;
     let user = funded_user(&app, &admin, "adjusted", "50000").await;
     let too_much = adjust(&app, &admin, &user.user_id, "-50000.01").await;
-    assert_eq!(too_much.code(), "PAYMENT_REQUIRED");
+    assert_eq!(too_much.code(), "CONFLICT");
+    assert!(
+        too_much.error()["message"]
+            .as_str()
+            .unwrap()
+            .contains("0.01 IDR more")
+    );
+    for (bad, why) in [
+        ("++5", "two signs"),
+        ("1e5", "exponent"),
+        ("5.001", "three decimals"),
+    ] {
+        assert_eq!(
+            adjust(&app, &admin, &user.user_id, bad).await.code(),
+            "BAD_USER_INPUT",
+            "{why}"
+        );
+    }
     adjust(&app, &admin, &user.user_id, "-20000").await.ok();
     assert_eq!(balance(&app, &user).await, "30000.00");
 

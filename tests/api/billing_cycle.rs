@@ -557,6 +557,11 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() {
     for (vars, field) in [
         (json!({ "plan": plan, "name": "  " }), "name"),
         (json!({ "plan": plan, "name": "x".repeat(64) }), "name"),
+        (
+            json!({ "plan": plan, "name": "invoice\u{202E}gpj.exe" }),
+            "name",
+        ),
+        (json!({ "plan": plan, "name": "\u{200B}" }), "name"),
         (json!({ "plan": "not-an-id", "name": "ok" }), "planId"),
         (
             json!({ "plan": plan, "name": "ok", "key": long_key }),
