@@ -971,3 +971,115 @@ async fn a_user_has_at_most_five_top_ups_waiting_for_payment() {
     create_top_up(&app, &user.access, "10000", None).await.ok();
     assert_eq!(my_top_ups(&app, &user.access).await.len(), max + 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_top_up_and_subscribe_with_one_key_at_once_never_deadlock() {
+    use crate::billing::{SUBSCRIBE, plan_id};
+    // Both claim the key before locking the wallet: the second waits for the first and then
+    // sees the key taken (CONFLICT) or free; neither fails as a deadlock (INTERNAL).
+    let (app, _) = stripe_app(false).await;
+    app.seed().await;
+    let plan = plan_id(&app, "n8n", "Basic").await;
+    let (user, _) = app.register("racer").await;
+    for round in 0..20 {
+        let key = format!("race-{round}");
+        let (top_up, subscribe) = tokio::join!(
+            create_top_up(&app, &user.access, "10000", Some(&key)),
+            app.gql(
+                Some(&user.access),
+                SUBSCRIBE,
+                json!({ "plan": plan, "name": format!("race {round}"), "key": key }),
+            ),
+        );
+        for r in [&top_up, &subscribe] {
+            let code = r.0["errors"][0]["extensions"]["code"].as_str();
+            assert!(
+                matches!(code, None | Some("CONFLICT") | Some("PAYMENT_REQUIRED")),
+                "round {round}: {}",
+                r.0
+            );
+        }
+        // Keep under the pending cap.
+        sql(
+            &app,
+            "UPDATE top_ups SET status = 'CANCELLED' WHERE status = 'PENDING'",
+        )
+        .await;
+    }
+}
+
+/// A TCP proxy to localstripe that holds every connection it accepts until `open` says
+/// true: a Stripe that is slow to answer. Returns its URL and how many connections wait.
+async fn stalling_stripe() -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = stripe_url().trim_start_matches("http://").to_string();
+    let waiting = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let counter = waiting.clone();
+    // Ends with the test's runtime.
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (counter, mut gate, target) = (counter.clone(), gate.clone(), target.clone());
+            tokio::spawn(async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if gate.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                counter.fetch_sub(1, Ordering::SeqCst);
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (url, waiting, open)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_top_up_holds_no_database_connection_while_stripe_is_slow() {
+    let (stripe, waiting, open) = stalling_stripe().await;
+    // Two pooled connections, three createTopUps stuck at Stripe.
+    let app = spawn_app_with(&[
+        ("STRIPE_SECRET_KEY", KEY),
+        ("STRIPE_API_BASE", &stripe),
+        ("PODIUM_DB_POOL_SIZE", "2"),
+    ])
+    .await;
+    let (user, _) = app.register("patient").await;
+    let creates = futures_util::future::join_all(
+        (0..3).map(|_| create_top_up(&app, &user.access, "10000", None)),
+    );
+    let meanwhile = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while waiting.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the three createTopUps never all reached Stripe"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // The pool still serves other requests: the three top-ups are already listed.
+        let listed = my_top_ups(&app, &user.access).await;
+        open.send(true).unwrap();
+        listed
+    };
+    let (created, listed) = tokio::join!(creates, meanwhile);
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed.iter().all(|t| t["status"] == "PENDING"),
+        "{listed:?}"
+    );
+    let mut intents: Vec<String> = created
+        .into_iter()
+        .map(|r| r.ok().str("createTopUp.topUp.paymentIntentId"))
+        .collect();
+    intents.sort();
+    intents.dedup();
+    assert_eq!(intents.len(), 3);
+}
