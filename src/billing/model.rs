@@ -406,22 +406,56 @@ pub async fn lock_top_up_by_intent(conn: &mut Conn, intent: &str) -> QueryResult
         .optional()
 }
 
+/// Records the top-up's PaymentIntent unless it already has one (another retry of the same
+/// createTopUp won) or is no longer PENDING; true when this one was recorded.
 pub async fn set_top_up_intent(
     conn: &mut Conn,
     id: Uuid,
     intent: &str,
     client_secret: &str,
     now: DateTime<Utc>,
+) -> QueryResult<bool> {
+    let n = diesel::update(
+        top_ups::table
+            .find(id)
+            .filter(top_ups::payment_intent_id.is_null())
+            .filter(top_ups::status.eq(TopUpStatus::Pending)),
+    )
+    .set((
+        top_ups::payment_intent_id.eq(intent),
+        top_ups::client_secret.eq(client_secret),
+        top_ups::updated_at.eq(now),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Notes why a top-up needs an operator, without changing its status.
+pub async fn flag_top_up(
+    conn: &mut Conn,
+    id: Uuid,
+    message: &str,
+    now: DateTime<Utc>,
 ) -> QueryResult<()> {
     diesel::update(top_ups::table.find(id))
         .set((
-            top_ups::payment_intent_id.eq(intent),
-            top_ups::client_secret.eq(client_secret),
+            top_ups::failure_message.eq(message),
             top_ups::updated_at.eq(now),
         ))
         .execute(conn)
         .await
         .map(drop)
+}
+
+/// How many of the user's top-ups are PENDING.
+pub async fn count_pending_top_ups(conn: &mut Conn, user_id: Uuid) -> QueryResult<i64> {
+    top_ups::table
+        .filter(top_ups::user_id.eq(user_id))
+        .filter(top_ups::status.eq(TopUpStatus::Pending))
+        .count()
+        .get_result(conn)
+        .await
 }
 
 pub async fn settle_top_up(
@@ -443,17 +477,25 @@ pub async fn settle_top_up(
         .map(drop)
 }
 
-/// PENDING top-ups created before `before`, oldest first, after the `(created_at, id)`
-/// of the last one seen (a sweep pages through all of them, so old ones can't starve it).
-pub async fn stale_pending_top_ups(
+/// Top-ups to ask Stripe about, oldest first, after the `(created_at, id)` of the last one
+/// seen (a sweep pages through all of them, so old ones can't starve it): PENDING ones
+/// created before `before`, and FAILED ones with a PaymentIntent (which can still be paid
+/// with another card) created between `failed_since` and `before`.
+pub async fn top_ups_to_reconcile(
     conn: &mut Conn,
     before: DateTime<Utc>,
+    failed_since: DateTime<Utc>,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> QueryResult<Vec<TopUp>> {
     let mut query = top_ups::table
-        .filter(top_ups::status.eq(TopUpStatus::Pending))
         .filter(top_ups::created_at.lt(before))
+        .filter(
+            top_ups::status.eq(TopUpStatus::Pending).or(top_ups::status
+                .eq(TopUpStatus::Failed)
+                .and(top_ups::payment_intent_id.is_not_null())
+                .and(top_ups::created_at.ge(failed_since))),
+        )
         .into_boxed();
     if let Some((created_at, id)) = after {
         query = query.filter(

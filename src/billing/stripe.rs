@@ -52,6 +52,8 @@ pub struct PaymentIntent {
     pub id: String,
     pub status: String,
     pub amount: i64,
+    /// Absent from localstripe's PaymentIntents.
+    pub amount_received: Option<i64>,
     pub currency: String,
     pub client_secret: Option<String>,
     pub last_payment_error: Option<PaymentError>,
@@ -158,15 +160,20 @@ impl Stripe {
 
     /// The PaymentIntent as Stripe has it now.
     pub async fn retrieve_payment_intent(&self, id: &str) -> anyhow::Result<PaymentIntent> {
-        // An id goes into the path: accept only what Stripe's ids look like.
-        anyhow::ensure!(
-            !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "not a PaymentIntent id"
-        );
+        check_id(id)?;
         let request = self
             .http
             .get(format!("{}/v1/payment_intents/{id}", self.base));
         self.send(request, "retrieving a PaymentIntent").await
+    }
+
+    /// Cancels a PaymentIntent (one not yet paid), so it can no longer be paid.
+    pub async fn cancel_payment_intent(&self, id: &str) -> anyhow::Result<PaymentIntent> {
+        check_id(id)?;
+        let request = self
+            .http
+            .post(format!("{}/v1/payment_intents/{id}/cancel", self.base));
+        self.send(request, "cancelling a PaymentIntent").await
     }
 
     async fn send(
@@ -198,6 +205,15 @@ impl Stripe {
         }
         serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{what}: unreadable answer: {e}"))
     }
+}
+
+/// An id goes into a path: accept only what Stripe's ids look like.
+fn check_id(id: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "not a PaymentIntent id"
+    );
+    Ok(())
 }
 
 /// Our minor units -> Stripe's `amount` (see the module's comment), or why it can't be.

@@ -1,6 +1,7 @@
 //! Top-ups through Stripe, against localstripe (started by `scripts/test`): the wallet is
 //! credited exactly once per successful PaymentIntent, whether the signed webhook arrives
-//! once, twice, replayed later, or never (then the reconciliation job asks Stripe).
+//! once, twice, or never (then the reconciliation job asks Stripe), and only for the
+//! top-up's own amount and currency.
 
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -210,17 +211,15 @@ async fn a_paid_top_up_credits_the_wallet_once_even_when_the_webhook_repeats() {
     .await;
     assert_eq!(top_up_status(&app, &user.access, &id).await, "SUCCEEDED");
 
-    // The same event again (a retried delivery), twice, and a replay later under a
-    // fresh signature: acknowledged, and nothing moves.
+    // The same event again, twice (a retried delivery, or a replay by hand), each under a
+    // fresh signature so that it passes the signature's age check: acknowledged, and
+    // nothing moves (the event id was recorded).
     let event = stripe_event(&app, "payment_intent.succeeded", &intent).await;
     let payload = event.to_string();
     for _ in 0..2 {
         let status = deliver(&app, &payload, Some(&signed_now(&payload, &secret))).await;
         assert_eq!(status, 200);
     }
-    app.state.clock.advance(chrono::Duration::days(2));
-    let status = deliver(&app, &payload, Some(&signed_now(&payload, &secret))).await;
-    assert_eq!(status, 200);
     // Even an event with a new id for the same PaymentIntent credits nothing more.
     let mut copy = event.clone();
     copy["id"] = json!(format!("evt_{}", Uuid::new_v4().simple()));
@@ -296,6 +295,11 @@ async fn a_webhook_with_a_bad_or_stale_signature_is_refused_and_credits_nothing(
         400,
         "older than 300 s"
     );
+    assert_eq!(
+        deliver(&app, &payload, Some(&sign(&secret, now + 301))).await,
+        400,
+        "more than 300 s in the future"
+    );
     let tampered = payload.replace("20000", "90000");
     assert_ne!(tampered, payload);
     assert_eq!(
@@ -321,12 +325,23 @@ async fn a_webhook_with_a_bad_or_stale_signature_is_refused_and_credits_nothing(
         200
     );
     // An event about a PaymentIntent that is no top-up here is acknowledged too.
-    let unknown = json!({ "id": "evt_unknown", "type": "payment_intent.succeeded", "data": { "object": { "id": "pi_unknown", "status": "succeeded" } } }).to_string();
+    let unknown = json!({ "id": "evt_unknown", "type": "payment_intent.succeeded", "data": { "object": { "id": "pi_unknown", "status": "succeeded", "amount": 20000, "currency": "idr" } } }).to_string();
     assert_eq!(
         deliver(&app, &unknown, Some(&signed_now(&unknown, &secret))).await,
         200
     );
+    // A signed PaymentIntent event without a PaymentIntent id (or without an amount) is
+    // Stripe's: acknowledged, so it isn't retried for days, and nothing moves.
+    for object in [json!({}), json!({ "id": intent, "status": "succeeded" })] {
+        let odd = json!({ "id": format!("evt_{}", Uuid::new_v4().simple()), "type": "payment_intent.succeeded", "data": { "object": object } }).to_string();
+        assert_eq!(
+            deliver(&app, &odd, Some(&signed_now(&odd, &secret))).await,
+            200,
+            "{odd}"
+        );
+    }
     assert_eq!(balance(&app, &user.access).await, "20000.00");
+    assert_eq!(top_up_movements(&app, &user.access).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -412,9 +427,11 @@ async fn reconciliation_settles_top_ups_whose_webhook_never_came() {
     assert_eq!(top_up_status(&app, &user.access, &open).await, "PENDING");
     assert_eq!(balance(&app, &user.access).await, "40000.00");
 
-    // Run again (a second replica, the next tick): nothing more moves.
+    // Run again (a second replica, the next tick): nothing more moves. The open one and
+    // the FAILED one (which another card could still pay) are asked about again.
     let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
-    assert_eq!((done.checked, done.credited), (1, 0));
+    assert_eq!((done.checked, done.credited, done.closed), (2, 0, 0));
+    assert_eq!(top_up_status(&app, &user.access, &declined).await, "FAILED");
     assert_eq!(balance(&app, &user.access).await, "40000.00");
     assert_eq!(top_up_movements(&app, &user.access).await.len(), 1);
     assert_billing_consistent(&app).await;
@@ -515,7 +532,9 @@ async fn one_idempotency_key_gives_one_top_up_and_one_payment_intent() {
     assert_eq!(secrets.len(), 1, "{secrets:?}");
     assert_eq!(my_top_ups(&app, &user.access).await.len(), 1);
 
-    // Stripe holds one PaymentIntent for this user's customer.
+    // Stripe holds one payable PaymentIntent for this user's customer (Stripe's
+    // Idempotency-Key makes it one; localstripe ignores that key, and the PaymentIntents
+    // of the retries that lost the race are cancelled).
     let intent = again.str("createTopUp.topUp.paymentIntentId");
     let (_, pi) = stripe_call(
         &app,
@@ -536,7 +555,7 @@ async fn one_idempotency_key_gives_one_top_up_and_one_payment_intent() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["customer"] == customer.as_str())
+        .filter(|p| p["customer"] == customer.as_str() && p["status"] != "canceled")
         .count();
     assert_eq!(mine, 1);
 
@@ -703,4 +722,364 @@ async fn acceptance_the_seeded_user_tops_up_subscribes_and_a_suspended_subscript
     .await;
     assert_eq!(balance(&app, &dry.access).await, "0.00");
     assert_billing_consistent(&app).await;
+}
+
+/// Runs SQL against the app's database (to set up what Stripe's fake can't).
+async fn sql(app: &TestApp, query: &str) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let mut conn = AsyncPgConnection::establish(&app.database_url)
+        .await
+        .unwrap();
+    diesel::sql_query(query).execute(&mut conn).await.unwrap();
+}
+
+/// Moves the billing clock past the reconciliation delay.
+fn past_reconcile_delay(app: &TestApp) {
+    let after = app.state.settings.billing.top_up_reconcile_after;
+    app.state
+        .clock
+        .advance(chrono::Duration::from_std(after).unwrap() + chrono::Duration::seconds(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_top_up_paid_later_with_another_card_is_credited_by_reconciliation() {
+    // No webhook registered: the success never reaches the server by itself.
+    let (app, secret) = stripe_app(false).await;
+    let (user, _) = app.register("second-card").await;
+    let r = create_top_up(&app, &user.access, "45000", None).await.ok();
+    let id = r.str("createTopUp.topUp.id");
+    let intent = r.str("createTopUp.topUp.paymentIntentId");
+    // The first card is declined and that webhook arrives. (localstripe can't confirm a
+    // PaymentIntent again after a real decline, so the decline is the signed event alone.)
+    let failed = json!({
+        "id": format!("evt_{}", Uuid::new_v4().simple()),
+        "type": "payment_intent.payment_failed",
+        "data": { "object": {
+            "id": intent, "status": "requires_payment_method", "amount": 45000, "currency": "idr",
+            "last_payment_error": { "code": "card_declined", "message": "Your card was declined." }
+        } }
+    })
+    .to_string();
+    assert_eq!(
+        deliver(&app, &failed, Some(&signed_now(&failed, &secret))).await,
+        200
+    );
+    assert_eq!(top_up_status(&app, &user.access, &id).await, "FAILED");
+
+    // Then the customer pays the same PaymentIntent with another card; its webhook is lost.
+    assert_eq!(pay(&app, &intent, "pm_card_visa").await.0, 200);
+    past_reconcile_delay(&app);
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!((done.checked, done.credited, done.errors), (1, 1, 0));
+    assert_eq!(top_up_status(&app, &user.access, &id).await, "SUCCEEDED");
+    assert_eq!(balance(&app, &user.access).await, "45000.00");
+
+    // Once: the next run and a late webhook credit nothing more.
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!((done.checked, done.credited), (0, 0));
+    let event = stripe_event(&app, "payment_intent.succeeded", &intent)
+        .await
+        .to_string();
+    assert_eq!(
+        deliver(&app, &event, Some(&signed_now(&event, &secret))).await,
+        200
+    );
+    assert_eq!(balance(&app, &user.access).await, "45000.00");
+    assert_eq!(top_up_movements(&app, &user.access).await.len(), 1);
+
+    // A FAILED top-up older than the re-check window is no longer asked about.
+    let r = create_top_up(&app, &user.access, "10000", None).await.ok();
+    let old = r.str("createTopUp.topUp.id");
+    sql(
+        &app,
+        &format!(
+            "UPDATE top_ups SET status = 'FAILED', created_at = created_at - interval '{} days 1 minute' WHERE id = '{old}'",
+            podium::billing::topup::FAILED_RECHECK_DAYS
+        ),
+    )
+    .await;
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!(done.checked, 0);
+    assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_for_another_amount_or_currency_credits_nothing() {
+    let (app, secret) = stripe_app(false).await;
+    let (user, _) = app.register("mismatch").await;
+    let r = create_top_up(&app, &user.access, "20000", None).await.ok();
+    let id = r.str("createTopUp.topUp.id");
+    let intent = r.str("createTopUp.topUp.paymentIntentId");
+    assert_eq!(pay(&app, &intent, "pm_card_visa").await.0, 200);
+    let event = stripe_event(&app, "payment_intent.succeeded", &intent).await;
+
+    // Signed events about this PaymentIntent, each with a new id, for another amount,
+    // another amount received, another currency: acknowledged (200, so Stripe stops
+    // retrying), nothing credited, the top-up left PENDING with a message for an operator.
+    let paid = event["data"]["object"]["amount"].as_i64().unwrap();
+    assert_eq!(paid, 2_000_000, "20000.00 IDR in minor units");
+    let mut forged = Vec::new();
+    for (field, value) in [
+        ("amount", json!(paid * 10)),
+        ("amount_received", json!(paid - 100)),
+        ("currency", json!("usd")),
+    ] {
+        let mut e = event.clone();
+        e["id"] = json!(format!("evt_{}", Uuid::new_v4().simple()));
+        e["data"]["object"][field] = value;
+        forged.push(e.to_string());
+    }
+    for payload in &forged {
+        assert_eq!(
+            deliver(&app, payload, Some(&signed_now(payload, &secret))).await,
+            200,
+            "{payload}"
+        );
+    }
+    assert_eq!(balance(&app, &user.access).await, "0.00");
+    let top_up = my_top_ups(&app, &user.access).await.remove(0);
+    assert_eq!(top_up["status"], "PENDING");
+    assert!(
+        top_up["failureMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not match")),
+        "{top_up}"
+    );
+
+    // Reconciliation checks too: with the top-up's row saying another amount than the
+    // PaymentIntent, nothing is credited.
+    sql(
+        &app,
+        &format!("UPDATE top_ups SET amount = 3000000 WHERE id = '{id}'"),
+    )
+    .await;
+    past_reconcile_delay(&app);
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!((done.checked, done.credited, done.mismatched), (1, 0, 1));
+    assert_eq!(balance(&app, &user.access).await, "0.00");
+    assert_eq!(top_up_status(&app, &user.access, &id).await, "PENDING");
+
+    // Put right, the genuine event credits it.
+    sql(
+        &app,
+        &format!("UPDATE top_ups SET amount = 2000000 WHERE id = '{id}'"),
+    )
+    .await;
+    let genuine = event.to_string();
+    assert_eq!(
+        deliver(&app, &genuine, Some(&signed_now(&genuine, &secret))).await,
+        200
+    );
+    assert_eq!(balance(&app, &user.access).await, "20000.00");
+    assert_eq!(top_up_status(&app, &user.access, &id).await, "SUCCEEDED");
+    assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_top_up_unpaid_after_a_day_is_cancelled_at_stripe() {
+    let (app, _) = stripe_app(false).await;
+    let (user, _) = app.register("abandoner").await;
+    let start = |amount: &'static str| {
+        let (app, token) = (&app, user.access.clone());
+        async move {
+            let r = create_top_up(app, &token, amount, None).await.ok();
+            (
+                r.str("createTopUp.topUp.id"),
+                r.str("createTopUp.topUp.paymentIntentId"),
+            )
+        }
+    };
+    let (open, open_intent) = start("11000").await;
+    let (declined, declined_intent) = start("12000").await;
+    let (paid, paid_intent) = start("13000").await;
+    assert_eq!(
+        pay(&app, &declined_intent, "pm_card_chargeCustomerFail")
+            .await
+            .0,
+        402
+    );
+    past_reconcile_delay(&app);
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!((done.checked, done.closed, done.expired), (3, 1, 0));
+    assert_eq!(top_up_status(&app, &user.access, &open).await, "PENDING");
+    assert_eq!(top_up_status(&app, &user.access, &declined).await, "FAILED");
+
+    // A day later the unpaid ones are given up: cancelled at Stripe (so nobody can pay
+    // them uncredited) and here. One paid meanwhile (its webhook lost) is credited.
+    assert_eq!(pay(&app, &paid_intent, "pm_card_visa").await.0, 200);
+    app.state.clock.advance(chrono::Duration::hours(
+        podium::billing::topup::ABANDON_AFTER_HOURS,
+    ));
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!(
+        (done.checked, done.credited, done.expired, done.errors),
+        (3, 1, 2, 0)
+    );
+    for (id, intent) in [(&open, &open_intent), (&declined, &declined_intent)] {
+        assert_eq!(top_up_status(&app, &user.access, id).await, "CANCELLED");
+        let (_, pi) = stripe_call(
+            &app,
+            reqwest::Method::GET,
+            &format!("/v1/payment_intents/{intent}"),
+            &[],
+        )
+        .await;
+        assert_eq!(pi["status"], "canceled", "{pi}");
+    }
+    assert_eq!(top_up_status(&app, &user.access, &paid).await, "SUCCEEDED");
+    assert_eq!(balance(&app, &user.access).await, "13000.00");
+
+    // Nothing is left to ask Stripe about.
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!(done.checked, 0);
+    assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_has_at_most_five_top_ups_waiting_for_payment() {
+    let (app, _) = stripe_app(true).await;
+    let (user, _) = app.register("hoarder").await;
+    let max = podium::billing::topup::MAX_PENDING_PER_USER as usize;
+    let mut intents = Vec::new();
+    for i in 0..max {
+        let key = format!("cap-{i}");
+        let r = create_top_up(&app, &user.access, "10000", Some(&key))
+            .await
+            .ok();
+        intents.push(r.str("createTopUp.topUp.paymentIntentId"));
+    }
+    let r = create_top_up(&app, &user.access, "10000", None).await;
+    assert_eq!(r.code(), "CONFLICT");
+    let message = r.error()["message"].as_str().unwrap();
+    assert!(message.contains("waiting for payment"), "{message}");
+    assert_eq!(my_top_ups(&app, &user.access).await.len(), max);
+    // A retry of one already made is still answered.
+    let again = create_top_up(&app, &user.access, "10000", Some("cap-0"))
+        .await
+        .ok();
+    assert_eq!(again.str("createTopUp.topUp.paymentIntentId"), intents[0]);
+    // Another user is not affected.
+    let (other, _) = app.register("other").await;
+    create_top_up(&app, &other.access, "10000", None).await.ok();
+
+    // Once one is paid, there is room for another.
+    assert_eq!(pay(&app, &intents[0], "pm_card_visa").await.0, 200);
+    eventually("the webhook credits the wallet", || async {
+        balance(&app, &user.access).await == "10000.00"
+    })
+    .await;
+    create_top_up(&app, &user.access, "10000", None).await.ok();
+    assert_eq!(my_top_ups(&app, &user.access).await.len(), max + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_top_up_and_subscribe_with_one_key_at_once_never_deadlock() {
+    use crate::billing::{SUBSCRIBE, plan_id};
+    // Both claim the key before locking the wallet: the second waits for the first and then
+    // sees the key taken (CONFLICT) or free; neither fails as a deadlock (INTERNAL).
+    let (app, _) = stripe_app(false).await;
+    app.seed().await;
+    let plan = plan_id(&app, "n8n", "Basic").await;
+    let (user, _) = app.register("racer").await;
+    for round in 0..20 {
+        let key = format!("race-{round}");
+        let (top_up, subscribe) = tokio::join!(
+            create_top_up(&app, &user.access, "10000", Some(&key)),
+            app.gql(
+                Some(&user.access),
+                SUBSCRIBE,
+                json!({ "plan": plan, "name": format!("race {round}"), "key": key }),
+            ),
+        );
+        for r in [&top_up, &subscribe] {
+            let code = r.0["errors"][0]["extensions"]["code"].as_str();
+            assert!(
+                matches!(code, None | Some("CONFLICT") | Some("PAYMENT_REQUIRED")),
+                "round {round}: {}",
+                r.0
+            );
+        }
+        // Keep under the pending cap.
+        sql(
+            &app,
+            "UPDATE top_ups SET status = 'CANCELLED' WHERE status = 'PENDING'",
+        )
+        .await;
+    }
+}
+
+/// A TCP proxy to localstripe that holds every connection it accepts until `open` says
+/// true: a Stripe that is slow to answer. Returns its URL and how many connections wait.
+async fn stalling_stripe() -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let target = stripe_url().trim_start_matches("http://").to_string();
+    let waiting = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let counter = waiting.clone();
+    // Ends with the test's runtime.
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (counter, mut gate, target) = (counter.clone(), gate.clone(), target.clone());
+            tokio::spawn(async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if gate.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                counter.fetch_sub(1, Ordering::SeqCst);
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (url, waiting, open)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_top_up_holds_no_database_connection_while_stripe_is_slow() {
+    let (stripe, waiting, open) = stalling_stripe().await;
+    // Two pooled connections, three createTopUps stuck at Stripe.
+    let app = spawn_app_with(&[
+        ("STRIPE_SECRET_KEY", KEY),
+        ("STRIPE_API_BASE", &stripe),
+        ("PODIUM_DB_POOL_SIZE", "2"),
+    ])
+    .await;
+    let (user, _) = app.register("patient").await;
+    let creates = futures_util::future::join_all(
+        (0..3).map(|_| create_top_up(&app, &user.access, "10000", None)),
+    );
+    let meanwhile = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while waiting.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the three createTopUps never all reached Stripe"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // The pool still serves other requests: the three top-ups are already listed.
+        let listed = my_top_ups(&app, &user.access).await;
+        open.send(true).unwrap();
+        listed
+    };
+    let (created, listed) = tokio::join!(creates, meanwhile);
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed.iter().all(|t| t["status"] == "PENDING"),
+        "{listed:?}"
+    );
+    let mut intents: Vec<String> = created
+        .into_iter()
+        .map(|r| r.ok().str("createTopUp.topUp.paymentIntentId"))
+        .collect();
+    intents.sort();
+    intents.dedup();
+    assert_eq!(intents.len(), 3);
 }
