@@ -657,7 +657,10 @@ async fn refunds_cancellations_and_downgrades_together_never_give_back_more_than
     assert_eq!(balance(&app, &user).await, "0.00");
     // The operator raises the tax afterwards: a credit gives back what was paid, at 10 %.
     let w = app.gql(Some(&user.access), WALLET, json!({})).await.ok();
-    let debit = nodes(w.data("wallet.transactions"))[0]["id"]
+    let debit = nodes(w.data("wallet.transactions"))
+        .into_iter()
+        .find(|t| t["type"] == "SUBSCRIPTION")
+        .unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
