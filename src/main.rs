@@ -280,6 +280,10 @@ fn main() -> anyhow::Result<()> {
                         r.invoices,
                         if r.charges == subscriptions as i64 && r.invoices == subscriptions as i64 { "yes" } else { "NO" }
                     );
+                    println!(
+                        "  billing verify {} mismatches ({:.1} s)",
+                        r.mismatches, r.verify_seconds
+                    );
                     Ok(())
                 }
                 Command::PrintSchema | Command::NodeAgent { .. } => unreachable!(),

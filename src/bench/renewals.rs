@@ -25,6 +25,9 @@ pub struct RenewalReport {
     pub seed_seconds: f64,
     pub charges: i64,
     pub invoices: i64,
+    /// Mismatches the integrity check (`podium billing verify`) found afterwards.
+    pub mismatches: usize,
+    pub verify_seconds: f64,
 }
 
 /// Inserts `n` customers, each with a wallet holding two months of the plan's price (a
@@ -133,6 +136,11 @@ pub async fn renewals(settings: Settings, bench: RenewalBench) -> anyhow::Result
         )
         .await?;
         let invoices = count(&mut conn, "SELECT count(*) AS n FROM invoices").await?;
+        let verifying = Instant::now();
+        let report = crate::billing::service::verify(&mut conn)
+            .await
+            .map_err(|e| anyhow::anyhow!("billing verify: {e:?}"))?;
+        let verify_seconds = verifying.elapsed().as_secs_f64();
         drop(conn);
         Ok(RenewalReport {
             renewed: summary.renewed,
@@ -141,6 +149,8 @@ pub async fn renewals(settings: Settings, bench: RenewalBench) -> anyhow::Result
             seed_seconds,
             charges,
             invoices,
+            mismatches: report.mismatches.len(),
+            verify_seconds,
         })
     })
     .await
