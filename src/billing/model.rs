@@ -431,15 +431,18 @@ pub async fn set_top_up_intent(
     Ok(n == 1)
 }
 
-/// Notes why a top-up needs an operator, without changing its status.
+/// Marks a top-up FAILED with why it needs an operator (a payment that does not match it).
 pub async fn flag_top_up(
     conn: &mut Conn,
     id: Uuid,
     message: &str,
     now: DateTime<Utc>,
 ) -> QueryResult<()> {
+    // FAILED: out of the pending cap and of the abandonment sweep; reconciliation asks
+    // about it again only within its re-check window, and a matching success still credits.
     diesel::update(top_ups::table.find(id))
         .set((
+            top_ups::status.eq(TopUpStatus::Failed),
             top_ups::failure_message.eq(message),
             top_ups::updated_at.eq(now),
         ))

@@ -33,8 +33,8 @@ pub const RECONCILE_JOB: &str = "billing.reconcile_top_ups";
 /// keeps asking Stripe about it for this many days after the top-up was made.
 pub const FAILED_RECHECK_DAYS: i64 = 7;
 
-/// A top-up still unpaid this many hours after it was made is abandoned: its PaymentIntent
-/// is cancelled at Stripe and the top-up marked CANCELLED.
+/// A PENDING top-up still unpaid this many hours after its PaymentIntent was made is
+/// abandoned: the PaymentIntent is cancelled at Stripe and the top-up marked CANCELLED.
 pub const ABANDON_AFTER_HOURS: i64 = 24;
 
 /// At most this many PENDING top-ups per user; createTopUp answers CONFLICT beyond.
@@ -575,8 +575,11 @@ pub async fn reconcile(state: &AppState) -> anyhow::Result<Reconciled> {
             };
             let unpaid = matches!(outcome, Outcome::Open | Outcome::Failed(_));
             let mut expiring = false;
+            // Only PENDING ones, counted from when their PaymentIntent was recorded (a retry
+            // may have made it long after the top-up); FAILED ones keep their re-check window.
             if let (true, Some(id)) = (unpaid, &intent_id)
-                && top_up.created_at < abandoned_before
+                && top_up.status == TopUpStatus::Pending
+                && top_up.updated_at < abandoned_before
             {
                 match stripe.cancel_payment_intent(id).await {
                     Ok(intent) => {

@@ -838,7 +838,10 @@ async fn a_payment_for_another_amount_or_currency_credits_nothing() {
     }
     assert_eq!(balance(&app, &user.access).await, "0.00");
     let top_up = my_top_ups(&app, &user.access).await.remove(0);
-    assert_eq!(top_up["status"], "PENDING");
+    assert_eq!(
+        top_up["status"], "FAILED",
+        "out of the pending cap and the abandonment sweep"
+    );
     assert!(
         top_up["failureMessage"]
             .as_str()
@@ -857,7 +860,7 @@ async fn a_payment_for_another_amount_or_currency_credits_nothing() {
     let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
     assert_eq!((done.checked, done.credited, done.mismatched), (1, 0, 1));
     assert_eq!(balance(&app, &user.access).await, "0.00");
-    assert_eq!(top_up_status(&app, &user.access, &id).await, "PENDING");
+    assert_eq!(top_up_status(&app, &user.access, &id).await, "FAILED");
 
     // Put right, the genuine event credits it.
     sql(
@@ -904,8 +907,9 @@ async fn a_top_up_unpaid_after_a_day_is_cancelled_at_stripe() {
     assert_eq!(top_up_status(&app, &user.access, &open).await, "PENDING");
     assert_eq!(top_up_status(&app, &user.access, &declined).await, "FAILED");
 
-    // A day later the unpaid ones are given up: cancelled at Stripe (so nobody can pay
-    // them uncredited) and here. One paid meanwhile (its webhook lost) is credited.
+    // A day later the unpaid PENDING one is given up: cancelled at Stripe (so nobody can pay
+    // it uncredited) and here. One paid meanwhile (its webhook lost) is credited. The
+    // declined one stays FAILED (payable with another card) within its re-check window.
     assert_eq!(pay(&app, &paid_intent, "pm_card_visa").await.0, 200);
     app.state.clock.advance(chrono::Duration::hours(
         podium::billing::topup::ABANDON_AFTER_HOURS,
@@ -913,10 +917,14 @@ async fn a_top_up_unpaid_after_a_day_is_cancelled_at_stripe() {
     let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
     assert_eq!(
         (done.checked, done.credited, done.expired, done.errors),
-        (3, 1, 2, 0)
+        (3, 1, 1, 0)
     );
-    for (id, intent) in [(&open, &open_intent), (&declined, &declined_intent)] {
-        assert_eq!(top_up_status(&app, &user.access, id).await, "CANCELLED");
+    assert_eq!(top_up_status(&app, &user.access, &open).await, "CANCELLED");
+    assert_eq!(top_up_status(&app, &user.access, &declined).await, "FAILED");
+    for (intent, status) in [
+        (&open_intent, "canceled"),
+        (&declined_intent, "requires_payment_method"),
+    ] {
         let (_, pi) = stripe_call(
             &app,
             reqwest::Method::GET,
@@ -924,12 +932,17 @@ async fn a_top_up_unpaid_after_a_day_is_cancelled_at_stripe() {
             &[],
         )
         .await;
-        assert_eq!(pi["status"], "canceled", "{pi}");
+        assert_eq!(pi["status"], status, "{pi}");
     }
     assert_eq!(top_up_status(&app, &user.access, &paid).await, "SUCCEEDED");
     assert_eq!(balance(&app, &user.access).await, "13000.00");
 
-    // Nothing is left to ask Stripe about.
+    // Only the declined one is still asked about, until its window closes.
+    let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
+    assert_eq!(done.checked, 1);
+    app.state.clock.advance(chrono::Duration::days(
+        podium::billing::topup::FAILED_RECHECK_DAYS,
+    ));
     let done = podium::billing::topup::reconcile(&app.state).await.unwrap();
     assert_eq!(done.checked, 0);
     assert_billing_consistent(&app).await;
