@@ -318,7 +318,8 @@ pub async fn period_debits(
                                              WHERE r.refund_of = t.id), 0)::bigint AS left,
                 i.tax_rate_bp
          FROM wallet_transactions t JOIN invoices i ON i.id = t.invoice_id
-         WHERE t.subscription_id = $1 AND t.amount < 0 AND i.period_start >= $2
+         WHERE t.subscription_id = $1 AND i.subscription_id = $1 AND t.amount < 0
+           AND i.period_start >= $2
          ORDER BY t.created_at, t.id",
     )
     .bind::<SqlUuid, _>(subscription_id)

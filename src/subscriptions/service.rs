@@ -566,39 +566,25 @@ pub async fn cancel(
                 events::changed(conn, &saved).await?;
                 return Ok(saved);
             }
-            // Now (or unpaid, which has no period left to run): credit what is unused.
-            if paid_up && sub.current_period_end > now {
-                let (start, end_at) = (sub.current_period_start, sub.current_period_end);
-                let unused = prorate(sub.price, start, end_at, now);
-                // The wallet first: what was refunded so far is read under its lock.
-                billing::lock_wallet(conn, sub.user_id, &sub.currency).await?;
-                // Tax comes back at the rate it was paid at.
-                let debits = billing::period_debits(conn, sub.id, start).await?;
-                let rate = debits.first().map_or(0, |d| d.tax_rate_bp);
-                let credit = unused + crate::billing::invoice::tax_of(unused, rate);
-                if credit > 0 {
-                    let description =
-                        format!("Cancellation of \"{}\": unused time credited", sub.name);
-                    let key = format!("cancel:{}", sub.id);
-                    billing::credit_back(
-                        conn,
-                        &debits,
-                        &Credit {
-                            user_id: sub.user_id,
-                            kind: TransactionType::Refund,
-                            amount: credit,
-                            currency: &sub.currency,
-                            description: &description,
-                            reference: None,
-                            subscription_id: Some(sub.id),
-                            refund_of: None,
-                            unique_key: Some(&key),
-                            created_by: Some(actor.user_id),
-                            now,
-                        },
-                    )
-                    .await?;
-                }
+            // Now (or unpaid, which has no period left to run): credit what is unused. Time
+            // an administrator had it stopped counts as unused.
+            if paid_up {
+                let from = match (sub.suspended_by_admin, sub.suspended_at) {
+                    (true, Some(at)) => at.min(now),
+                    _ => now,
+                };
+                let description = format!("Cancellation of \"{}\": unused time credited", sub.name);
+                let key = format!("cancel:{}", sub.id);
+                credit_time(
+                    conn,
+                    &sub,
+                    (from, sub.current_period_end),
+                    &description,
+                    Some(&key),
+                    Some(actor.user_id),
+                    now,
+                )
+                .await?;
             }
             end(conn, &sub, SubscriptionStatus::Cancelled, now).await
         })
@@ -746,8 +732,8 @@ pub async fn suspend(state: &AppState, identity: &Identity, id: Uuid) -> AppResu
 }
 
 /// Lifts an administrator's suspension: ACTIVE again, or back to the dunning it was in.
-/// The time it stood stopped is given back: the paid period (or the grace) runs on by as
-/// long, so nobody pays for days their instance was stopped by an administrator.
+/// The paid time it stood stopped is credited to the wallet (nobody pays for days an
+/// administrator stopped), and grace and retries move on by as long.
 pub async fn unsuspend(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<Subscription> {
     let now = state.clock.now();
     by_admin(state, identity, id, "subscription.unsuspend", move |conn, sub| {
@@ -765,10 +751,18 @@ pub async fn unsuspend(state: &AppState, identity: &Identity, id: Uuid) -> AppRe
             };
             let stopped_at = sub.suspended_at.unwrap_or(now);
             let stopped = (now - stopped_at).max(chrono::Duration::zero());
+            // Paid time it stood stopped goes back to the wallet; dunning's clock (grace,
+            // retries) stood still meanwhile.
+            let description = format!("\"{}\" stopped by an administrator: paid time credited", sub.name);
+            let key = format!("unsuspend:{}:{}", sub.id, stopped_at.timestamp_micros());
+            credit_time(conn, &sub, (stopped_at, now), &description, Some(&key), None, now).await?;
             let later = |t: DateTime<Utc>| later_by(t, stopped_at, stopped);
-            cycle.current_period_end = later_by(sub.current_period_end, stopped_at, stopped);
             cycle.grace_until = sub.grace_until.map(later);
             cycle.next_retry_at = sub.next_retry_at.map(later);
+            if cycle.status == SubscriptionStatus::PastDue {
+                // Money that arrived meanwhile settles it now.
+                billing::settle_soon(conn, sub.user_id).await?;
+            }
             cycle.suspended_by_admin = false;
             cycle.suspended_at = None;
             Ok((
@@ -779,6 +773,53 @@ pub async fn unsuspend(state: &AppState, identity: &Identity, id: Uuid) -> AppRe
         }
         .boxed()
     })
+    .await
+}
+
+/// Credits the paid time between `span.0` and `span.1` (within the current period) back to
+/// the wallet, with its tax at the rate it was paid at, as REFUNDs of the period's debits
+/// (never more than they paid); returns what was credited.
+async fn credit_time(
+    conn: &mut Conn,
+    sub: &Subscription,
+    span: (DateTime<Utc>, DateTime<Utc>),
+    description: &str,
+    key: Option<&str>,
+    created_by: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> AppResult<i64> {
+    let (start, end_at) = (sub.current_period_start, sub.current_period_end);
+    let (from, to) = (span.0.clamp(start, end_at), span.1.clamp(start, end_at));
+    if to <= from {
+        return Ok(0);
+    }
+    // What `from` leaves of the period, less what `to` leaves.
+    let unused = prorate(sub.price, start, end_at, from) - prorate(sub.price, start, end_at, to);
+    // The wallet first: what was refunded so far is read under its lock.
+    billing::lock_wallet(conn, sub.user_id, &sub.currency).await?;
+    let debits = billing::period_debits(conn, sub.id, start).await?;
+    let rate = debits.first().map_or(0, |d| d.tax_rate_bp);
+    let credit = unused + crate::billing::invoice::tax_of(unused, rate);
+    if credit <= 0 {
+        return Ok(0);
+    }
+    billing::credit_back(
+        conn,
+        &debits,
+        &Credit {
+            user_id: sub.user_id,
+            kind: TransactionType::Refund,
+            amount: credit,
+            currency: &sub.currency,
+            description,
+            reference: None,
+            subscription_id: Some(sub.id),
+            refund_of: None,
+            unique_key: key,
+            created_by,
+            now,
+        },
+    )
     .await
 }
 

@@ -1,0 +1,2 @@
+DROP INDEX wallet_transactions_invoice_idx;
+DROP INDEX wallet_transactions_subscription_idx;
