@@ -481,6 +481,7 @@ pub async fn handle_webhook(
         Ok(settled) => {
             if settled == Settled::Credited {
                 state.jobs_wakeup.notify_waiters();
+                state.events.outbox_written();
             }
             WebhookResult::Accepted
         }
@@ -632,6 +633,7 @@ pub async fn reconcile(state: &AppState) -> anyhow::Result<Reconciled> {
     }
     if done.credited > 0 {
         state.jobs_wakeup.notify_waiters();
+        state.events.outbox_written();
     }
     Ok(done)
 }

@@ -844,6 +844,13 @@ pub async fn move_quota(conn: &mut crate::db::Conn, from: Uuid, to: Uuid) -> App
     }
 }
 
+/// After a committed change of some plan's quota (a subscription bought, moved or ended):
+/// this replica forgets its catalog snapshot at once, so its next read shows the new
+/// `usedQuota` (the other replicas hear the database's event within milliseconds).
+pub fn quota_committed(state: &AppState) {
+    state.catalog_cache.clear();
+}
+
 /// Gives a place back to the plan's quota.
 pub async fn release_quota(conn: &mut crate::db::Conn, plan_id: Uuid) -> AppResult<()> {
     Ok(model::release_quota(conn, plan_id).await?)

@@ -146,10 +146,11 @@ async fn plan_limit(conn: &mut Conn, user_id: Uuid, sale: &ForSale) -> AppResult
 }
 
 /// After commit: wake this replica's job workers (the provisioning or settling job) and
-/// its event outbox.
+/// its event outbox, and let its catalog show quotas as they now are.
 pub(super) fn committed(state: &AppState) {
     state.jobs_wakeup.notify_waiters();
     state.events.outbox_written();
+    catalog::quota_committed(state);
 }
 
 // ---- buying

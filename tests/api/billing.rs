@@ -541,13 +541,14 @@ async fn wallet_and_subscription_changes_arrive_live_over_websocket() {
     let admin = app.admin().await;
     let user = funded_user(&app, &admin, "watcher", "100000").await;
     let other = funded_user(&app, &admin, "other", "100000").await;
+    let before = app.state.events.subscribers();
     let mut ws = connect(&app, "graphql-transport-ws").await;
     send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", user.access) } })).await;
     assert_eq!(recv(&mut ws).await["type"], "connection_ack");
     send(&mut ws, json!({ "id": "w", "type": "subscribe", "payload": { "query": "subscription { walletChanged { balance { amount } transaction { type amount { amount } } } }" } })).await;
     send(&mut ws, json!({ "id": "s", "type": "subscribe", "payload": { "query": "subscription { serviceSubscriptionChanged { name status } }" } })).await;
     eventually("both subscriptions listen", || async {
-        app.state.events.subscribers() >= 2
+        app.state.events.subscribers() >= before + 2
     })
     .await;
 
@@ -573,6 +574,50 @@ async fn wallet_and_subscription_changes_arrive_live_over_websocket() {
     assert_eq!(
         wallet["payload"]["data"]["walletChanged"]["transaction"]["type"],
         "SUBSCRIPTION"
+    );
+    let sub = seen
+        .iter()
+        .find(|m| m["id"] == "s")
+        .expect("a subscription event");
+    assert_eq!(
+        sub["payload"]["data"]["serviceSubscriptionChanged"]["name"],
+        "yours"
+    );
+
+    // A renewal in bulk on this replica reaches a subscriber on another one (legacy protocol).
+    let replica = spawn_app_on(&app.database_url, &[]).await;
+    let far_before = replica.state.events.subscribers();
+    let mut far = connect(&replica, "graphql-ws").await;
+    send(&mut far, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", user.access) } })).await;
+    assert_eq!(recv(&mut far).await["type"], "connection_ack");
+    send(&mut far, json!({ "id": "w", "type": "start", "payload": { "query": "subscription { walletChanged { balance { amount } transaction { type } } }" } })).await;
+    send(&mut far, json!({ "id": "s", "type": "start", "payload": { "query": "subscription { serviceSubscriptionChanged { name status } }" } })).await;
+    eventually("the far subscriptions listen", || async {
+        replica.state.events.subscribers() >= far_before + 2
+    })
+    .await;
+    app.state.clock.advance(chrono::Duration::days(32));
+    let summary = podium::subscriptions::cycle::run_renewals(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(summary.renewed, 2, "both customers' subscriptions");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = recv(&mut far).await;
+        assert_eq!(m["type"], "data", "{m}");
+        seen.push(m);
+    }
+    let wallet = seen
+        .iter()
+        .find(|m| m["id"] == "w")
+        .expect("a wallet event");
+    assert_eq!(
+        wallet["payload"]["data"]["walletChanged"]["transaction"]["type"],
+        "RENEWAL"
+    );
+    assert_eq!(
+        wallet["payload"]["data"]["walletChanged"]["balance"]["amount"],
+        "40000.00"
     );
     let sub = seen
         .iter()
