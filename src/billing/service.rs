@@ -305,7 +305,8 @@ pub struct PeriodDebit {
     pub tax_rate_bp: i32,
 }
 
-/// The debits that paid for the period starting at `period_start`, oldest first.
+/// The debits that paid for the period starting at `period_start`, newest first: what was
+/// bought last (an upgrade) is given back first, with the tax it was paid with.
 pub async fn period_debits(
     conn: &mut Conn,
     subscription_id: Uuid,
@@ -320,7 +321,7 @@ pub async fn period_debits(
          FROM wallet_transactions t JOIN invoices i ON i.id = t.invoice_id
          WHERE t.subscription_id = $1 AND i.subscription_id = $1 AND t.amount < 0
            AND i.period_start >= $2
-         ORDER BY t.created_at, t.id",
+         ORDER BY t.created_at DESC, t.id DESC",
     )
     .bind::<SqlUuid, _>(subscription_id)
     .bind::<Timestamptz, _>(period_start)
@@ -328,8 +329,9 @@ pub async fn period_debits(
     .await?)
 }
 
-/// Gives back to the wallet up to `amount` of what was paid for a subscription's current
-/// period, as REFUND movements each naming the debit they give back (so refunds, plan
+/// Gives back to the wallet `credit.amount` (before tax) of what was paid for a
+/// subscription's current period, each part with its tax at the rate its debit was
+/// charged at, as REFUND movements naming the debit they give back (so refunds, plan
 /// changes and cancellations together never return more than was paid); returns what
 /// was credited. Call it with the wallet locked.
 pub async fn credit_back(
@@ -337,13 +339,23 @@ pub async fn credit_back(
     debits: &[PeriodDebit],
     credit: &Credit<'_>,
 ) -> AppResult<i64> {
-    let mut left = credit.amount;
+    let mut untaxed = credit.amount;
     let mut credited = 0;
     for debit in debits {
-        let take = left.min(debit.left);
+        if untaxed <= 0 {
+            break;
+        }
+        let wanted = untaxed + invoice::tax_of(untaxed, debit.tax_rate_bp);
+        let take = wanted.min(debit.left);
         if take <= 0 {
             continue;
         }
+        // The untaxed part this debit gives back.
+        let covered = if take == wanted {
+            untaxed
+        } else {
+            (i128::from(take) * 10_000 / (10_000 + i128::from(debit.tax_rate_bp))) as i64
+        };
         let key = credit.unique_key.map(|k| format!("{k}:{}", debit.id));
         posted_credit(
             conn,
@@ -355,7 +367,7 @@ pub async fn credit_back(
             },
         )
         .await?;
-        left -= take;
+        untaxed -= covered;
         credited += take;
     }
     if credited > 0 {

@@ -477,8 +477,7 @@ pub async fn change_plan(
             } else if difference < 0 {
                 // Tax comes back at the rate it was paid at.
                 let debits = billing::period_debits(conn, sub.id, start).await?;
-                let rate = debits.first().map_or(0, |d| d.tax_rate_bp);
-                let credit = -difference + crate::billing::invoice::tax_of(-difference, rate);
+                let credit = -difference;
                 let description = format!(
                     "Downgrade of \"{}\" to {} {}: unused time credited",
                     sub.name, new.service.name, new.plan.name
@@ -799,9 +798,7 @@ async fn credit_time(
     // The wallet first: what was refunded so far is read under its lock.
     billing::lock_wallet(conn, sub.user_id, &sub.currency).await?;
     let debits = billing::period_debits(conn, sub.id, start).await?;
-    let rate = debits.first().map_or(0, |d| d.tax_rate_bp);
-    let credit = unused + crate::billing::invoice::tax_of(unused, rate);
-    if credit <= 0 {
+    if unused <= 0 {
         return Ok(0);
     }
     billing::credit_back(
@@ -810,7 +807,7 @@ async fn credit_time(
         &Credit {
             user_id: sub.user_id,
             kind: TransactionType::Refund,
-            amount: credit,
+            amount: unused,
             currency: &sub.currency,
             description,
             reference: None,

@@ -714,6 +714,46 @@ async fn credits_give_tax_back_at_the_rate_it_was_paid_at() {
         "15000.00",
         "half of 30000, and no tax never paid"
     );
+
+    // Bought untaxed, upgraded half way at 11 %, cancelled at once: the unused half of the
+    // new plan comes back as the upgrade (with its 11 %) and the untaxed rest.
+    let user = funded_user(&app, &admin, "upgraded", "46650").await;
+    let basic = plan_id(&app, "ghost", "Basic").await; // 30000
+    let standard = plan_id(&app, "ghost", "Standard").await; // 60000
+    let id = subscribe(&app, &user, &basic, "taxed later")
+        .await
+        .ok()
+        .str("subscribe.subscription.id");
+    let s = sub(&app, &user, &id).await;
+    let (start, end) = (at(&s["currentPeriodStart"]), at(&s["currentPeriodEnd"]));
+    taxed.state.clock.advance_to(start + (end - start) / 2);
+    let change = "mutation($id: ID!, $p: ID!) { changeSubscriptionPlan(id: $id, planId: $p) { plan { name } } }";
+    taxed
+        .gql(
+            Some(&user.access),
+            change,
+            json!({ "id": id, "p": standard }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        balance(&app, &user).await,
+        "0.00",
+        "15000 more, plus 1650 tax"
+    );
+    taxed
+        .gql(
+            Some(&user.access),
+            "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        balance(&app, &user).await,
+        "31650.00",
+        "16650 with its tax, and 15000"
+    );
     assert_billing_consistent(&app).await;
 }
 
