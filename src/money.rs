@@ -59,6 +59,15 @@ pub fn parse_amount(field: &str, amount: &str, currency: &str) -> AppResult<i64>
         .ok_or_else(|| bad("is too large"))
 }
 
+/// Like `parse_amount`, with one optional sign: `"-5000"` is a debit of 5000.
+pub fn parse_signed_amount(field: &str, amount: &str, currency: &str) -> AppResult<i64> {
+    let amount = amount.trim();
+    match amount.strip_prefix('-') {
+        Some(rest) => Ok(-parse_amount(field, rest, currency)?),
+        None => parse_amount(field, amount.strip_prefix('+').unwrap_or(amount), currency),
+    }
+}
+
 /// Minor units -> decimal string in major units.
 pub fn format_amount(minor: i64, currency: &str) -> String {
     let exp = exponent(currency);

@@ -77,7 +77,7 @@ impl Wallet {
             user_id: Some(self.user_id),
             kind,
         };
-        let found = service::transactions(ctx.state(), ctx.identity(), filter, page).await?;
+        let found = service::transactions(ctx.state(), ctx.identity(), filter, true, page).await?;
         Ok(connection(
             found,
             |t| Cursor::new(t.created_at, t.id),
@@ -194,12 +194,12 @@ impl Invoice {
         &self,
         ctx: &Context<'_>,
     ) -> Result<Option<crate::subscriptions::model::Subscription>> {
+        use crate::subscriptions::graphql::{SubscriptionDataLoader, SubscriptionKey};
         let Some(id) = self.subscription_id else {
             return Ok(None);
         };
-        Ok(Some(
-            crate::subscriptions::service::get(ctx.state(), ctx.identity(), id).await?,
-        ))
+        let loader = ctx.data_unchecked::<SubscriptionDataLoader>();
+        loader.load_one(SubscriptionKey(id)).await
     }
     async fn period_start(&self) -> Option<DateTime<Utc>> {
         self.period_start
@@ -335,18 +335,6 @@ impl BillingStatsObject {
     }
 }
 
-/// A signed decimal amount in major units of the platform currency -> minor units.
-pub fn signed_amount(state: &AppState, field: &str, amount: &str) -> crate::error::AppResult<i64> {
-    let currency = &state.settings.default_currency;
-    let amount = amount.trim();
-    match amount.strip_prefix('-') {
-        Some(rest) => Ok(-crate::money::parse_amount(field, rest, currency)?),
-        None => {
-            crate::money::parse_amount(field, amount.strip_prefix('+').unwrap_or(amount), currency)
-        }
-    }
-}
-
 #[derive(Default)]
 pub struct BillingQuery;
 
@@ -415,7 +403,6 @@ impl BillingQuery {
                 .transpose()?,
             ..Default::default()
         };
-        ctx.identity().admin()?;
         let found = service::invoices(ctx.state(), ctx.identity(), filter, false, page).await?;
         Ok(connection(
             found,
@@ -459,7 +446,6 @@ impl BillingQuery {
         user_id: Option<ID>,
         #[graphql(name = "type")] kind: Option<TransactionType>,
     ) -> Result<PodiumConnection<WalletTransaction>> {
-        ctx.identity().admin()?;
         let page = PageArgs::new(first, after.as_deref())?;
         let filter = TransactionFilter {
             user_id: user_id
@@ -468,7 +454,7 @@ impl BillingQuery {
                 .transpose()?,
             kind,
         };
-        let found = service::transactions(ctx.state(), ctx.identity(), filter, page).await?;
+        let found = service::transactions(ctx.state(), ctx.identity(), filter, false, page).await?;
         Ok(connection(
             found,
             |t| Cursor::new(t.created_at, t.id),
@@ -514,7 +500,11 @@ impl BillingMutation {
         reason: String,
     ) -> Result<WalletTransaction> {
         let user_id = parse_id("userId", &user_id)?;
-        let amount = signed_amount(ctx.state(), "amount", &amount)?;
+        let amount = crate::money::parse_signed_amount(
+            "amount",
+            &amount,
+            &ctx.state().settings.default_currency,
+        )?;
         Ok(service::adjust_balance(ctx.state(), ctx.identity(), user_id, amount, reason).await?)
     }
 

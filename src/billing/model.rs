@@ -605,6 +605,20 @@ pub async fn lines_of(conn: &mut Conn, ids: &[Uuid]) -> QueryResult<Vec<InvoiceL
         .await
 }
 
+/// Those of `ids` that are invoices of `user_id`.
+pub async fn invoices_of_user(
+    conn: &mut Conn,
+    ids: &[Uuid],
+    user_id: Uuid,
+) -> QueryResult<Vec<Uuid>> {
+    invoices::table
+        .filter(invoices::id.eq_any(ids))
+        .filter(invoices::user_id.eq(user_id))
+        .select(invoices::id)
+        .load(conn)
+        .await
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct InvoiceFilter {
     pub user_id: Option<Uuid>,

@@ -52,6 +52,24 @@ pub struct Charge<'a> {
     pub now: DateTime<Utc>,
 }
 
+impl Charge<'_> {
+    /// The charge's invoice, as issued with `status`.
+    fn draft(&self, id: Uuid, status: InvoiceStatus, paid_by: Option<Uuid>) -> Draft<'_> {
+        Draft {
+            id,
+            user_id: self.user_id,
+            subscription_id: Some(self.subscription_id),
+            purpose: self.purpose,
+            currency: self.currency,
+            period: self.period,
+            lines: self.lines.clone(),
+            status,
+            now: self.now,
+            paid_by,
+        }
+    }
+}
+
 /// A paid charge: its invoice and the movement (none when the total is zero).
 #[derive(Debug, Clone)]
 pub struct Paid {
@@ -134,18 +152,11 @@ pub async fn charge(
     invoice::issue(
         conn,
         billing,
-        &Draft {
-            id: invoice_id,
-            user_id: c.user_id,
-            subscription_id: Some(c.subscription_id),
-            purpose: c.purpose,
-            currency: c.currency,
-            period: c.period,
-            lines: c.lines.clone(),
-            status: InvoiceStatus::Paid,
-            now: c.now,
-            paid_by: transaction.as_ref().map(|t| t.id),
-        },
+        &c.draft(
+            invoice_id,
+            InvoiceStatus::Paid,
+            transaction.as_ref().map(|t| t.id),
+        ),
     )
     .await?;
     Ok(Ok(Paid {
@@ -161,23 +172,7 @@ pub async fn issue_open(
     c: &Charge<'_>,
 ) -> AppResult<Uuid> {
     let id = Uuid::new_v4();
-    invoice::issue(
-        conn,
-        billing,
-        &Draft {
-            id,
-            user_id: c.user_id,
-            subscription_id: Some(c.subscription_id),
-            purpose: c.purpose,
-            currency: c.currency,
-            period: c.period,
-            lines: c.lines.clone(),
-            status: InvoiceStatus::Open,
-            now: c.now,
-            paid_by: None,
-        },
-    )
-    .await?;
+    invoice::issue(conn, billing, &c.draft(id, InvoiceStatus::Open, None)).await?;
     Ok(id)
 }
 
@@ -425,16 +420,19 @@ pub async fn my_wallet(state: &AppState, identity: &Identity) -> AppResult<Walle
         }))
 }
 
-/// A wallet's movements, newest first: the owner's, or any for administrators.
+/// Wallet movements, newest first: the caller's own (`mine`), or anyone's for
+/// administrators.
 pub async fn transactions(
     state: &AppState,
     identity: &Identity,
-    filter: TransactionFilter,
+    mut filter: TransactionFilter,
+    mine: bool,
     page: PageArgs,
 ) -> AppResult<Page<WalletTransaction>> {
-    let actor = identity.actor()?;
-    if !actor.is_admin() && filter.user_id != Some(actor.user_id) {
-        return Err(AppError::forbidden());
+    if mine {
+        filter.user_id = Some(identity.actor()?.user_id);
+    } else {
+        identity.admin()?;
     }
     let mut conn = state.pool.get().await?;
     let rows = model::list_transactions(&mut conn, &filter, &page).await?;
@@ -452,11 +450,10 @@ pub async fn invoices(
     mine: bool,
     page: PageArgs,
 ) -> AppResult<Page<Invoice>> {
-    let actor = identity.actor()?;
     if mine {
-        filter.user_id = Some(actor.user_id);
-    } else if !actor.is_admin() && filter.user_id != Some(actor.user_id) {
-        return Err(AppError::forbidden());
+        filter.user_id = Some(identity.actor()?.user_id);
+    } else {
+        identity.admin()?;
     }
     let mut conn = state.pool.get().await?;
     let rows = model::list_invoices(&mut conn, &filter, &page).await?;
@@ -487,14 +484,7 @@ pub async fn lines_of(
     let ids: Vec<Uuid> = if actor.is_admin() {
         invoice_ids.to_vec()
     } else {
-        use diesel::prelude::*;
-        use diesel_async::RunQueryDsl;
-        crate::db::schema::invoices::table
-            .filter(crate::db::schema::invoices::id.eq_any(invoice_ids))
-            .filter(crate::db::schema::invoices::user_id.eq(actor.user_id))
-            .select(crate::db::schema::invoices::id)
-            .load(&mut conn)
-            .await?
+        model::invoices_of_user(&mut conn, invoice_ids, actor.user_id).await?
     };
     Ok(model::lines_of(&mut conn, &ids).await?)
 }
@@ -646,14 +636,8 @@ pub async fn seed_balance(
     amount: i64,
     currency: &str,
 ) -> AppResult<()> {
-    use diesel::prelude::*;
-    use diesel_async::{AsyncConnection, RunQueryDsl};
-    let users = crate::db::schema::users::table;
-    let user_id: Uuid = users
-        .filter(crate::db::schema::users::email.eq(email.trim().to_lowercase()))
-        .select(crate::db::schema::users::id)
-        .first(conn)
-        .await?;
+    use diesel_async::AsyncConnection;
+    let user_id = crate::users::service::id_by_email(conn, email).await?;
     let key = format!("seed:starting-balance:{user_id}");
     // Posted directly: a new demo account owes nothing, so no settling job is queued.
     conn.transaction(async |conn| {

@@ -44,6 +44,19 @@ pub struct Summary {
     pub skipped: usize,
 }
 
+impl std::ops::AddAssign for Summary {
+    fn add_assign(&mut self, other: Summary) {
+        self.renewed += other.renewed;
+        self.past_due += other.past_due;
+        self.retried += other.retried;
+        self.recovered += other.recovered;
+        self.suspended += other.suspended;
+        self.expired += other.expired;
+        self.cancelled += other.cancelled;
+        self.skipped += other.skipped;
+    }
+}
+
 impl Summary {
     fn add(&mut self, step: Step) {
         match step {
@@ -206,7 +219,7 @@ where
                 }
             }
         }
-        add(&mut summary, round);
+        summary += round;
         // Nothing moved (all locked elsewhere, or failing): leave them to the next run.
         if round.changed() == 0 {
             break;
@@ -217,17 +230,6 @@ where
         super::service::committed(state);
     }
     Ok(summary)
-}
-
-fn add(total: &mut Summary, round: Summary) {
-    total.renewed += round.renewed;
-    total.past_due += round.past_due;
-    total.retried += round.retried;
-    total.recovered += round.recovered;
-    total.suspended += round.suspended;
-    total.expired += round.expired;
-    total.cancelled += round.cancelled;
-    total.skipped += round.skipped;
 }
 
 /// One subscription, one transaction, decided from its locked row.

@@ -23,7 +23,8 @@ use crate::users::model::User;
 pub type SubscriptionDataLoader =
     DataLoader<SubscriptionLoader, crate::graphql::loader_cache::EpochCache>;
 
-/// Batches what a page of subscriptions refers to: plans, services, instances.
+/// Batches what a page of subscriptions (or invoices) refers to: subscriptions, plans,
+/// services, instances.
 pub struct SubscriptionLoader {
     state: AppState,
     identity: Identity,
@@ -41,6 +42,24 @@ pub struct PlanKey(pub Uuid);
 pub struct ServiceKey(pub Uuid);
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InstanceOf(pub Uuid);
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriptionKey(pub Uuid);
+
+impl Loader<SubscriptionKey> for SubscriptionLoader {
+    type Value = ServiceSubscription;
+    type Error = async_graphql::Error;
+    async fn load(
+        &self,
+        keys: &[SubscriptionKey],
+    ) -> Result<HashMap<SubscriptionKey, ServiceSubscription>> {
+        let ids: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+        let found = service::by_ids(&self.state, &self.identity, &ids).await?;
+        Ok(found
+            .into_iter()
+            .map(|s| (SubscriptionKey(s.id), s))
+            .collect())
+    }
+}
 
 impl Loader<PlanKey> for SubscriptionLoader {
     type Value = Plan;

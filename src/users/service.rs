@@ -401,3 +401,11 @@ pub async fn require_exists(conn: &mut Conn, id: Uuid) -> AppResult<()> {
         None => Err(AppError::not_found("user")),
     }
 }
+
+/// The id of the account with this email (NOT_FOUND without one).
+pub async fn id_by_email(conn: &mut Conn, email: &str) -> AppResult<Uuid> {
+    model::find_by_email(conn, &email.trim().to_lowercase())
+        .await?
+        .map(|u| u.id)
+        .ok_or_else(|| AppError::not_found("user"))
+}

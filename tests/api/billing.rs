@@ -535,6 +535,27 @@ async fn admin_adjustments_and_refunds_never_go_below_zero_and_are_audited() {
     assert_billing_consistent(&app).await;
 }
 
+/// The data of the next two events on a socket (of `kind`: "next" or legacy "data"): the
+/// one for subscription id "w" (the wallet) and the one for "s" (subscriptions).
+async fn wallet_and_subscription_events(
+    ws: &mut crate::subscriptions::Ws,
+    kind: &str,
+) -> (Value, Value) {
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = recv(ws).await;
+        assert_eq!(m["type"], kind, "{m}");
+        seen.push(m);
+    }
+    let data = |id: &str| {
+        seen.iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("an event for {id}"))["payload"]["data"]
+            .clone()
+    };
+    (data("w"), data("s"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wallet_and_subscription_changes_arrive_live_over_websocket() {
     let app = spawn_app().await;
@@ -557,32 +578,13 @@ async fn wallet_and_subscription_changes_arrive_live_over_websocket() {
     let plan = plan_id(&app, "ghost", "Basic").await;
     subscribe(&app, &other, &plan, "not yours").await.ok();
     subscribe(&app, &user, &plan, "yours").await.ok();
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        let m = recv(&mut ws).await;
-        assert_eq!(m["type"], "next", "{m}");
-        seen.push(m);
-    }
-    let wallet = seen
-        .iter()
-        .find(|m| m["id"] == "w")
-        .expect("a wallet event");
+    let (wallet, sub) = wallet_and_subscription_events(&mut ws, "next").await;
+    assert_eq!(wallet["walletChanged"]["balance"]["amount"], "70000.00");
     assert_eq!(
-        wallet["payload"]["data"]["walletChanged"]["balance"]["amount"],
-        "70000.00"
-    );
-    assert_eq!(
-        wallet["payload"]["data"]["walletChanged"]["transaction"]["type"],
+        wallet["walletChanged"]["transaction"]["type"],
         "SUBSCRIPTION"
     );
-    let sub = seen
-        .iter()
-        .find(|m| m["id"] == "s")
-        .expect("a subscription event");
-    assert_eq!(
-        sub["payload"]["data"]["serviceSubscriptionChanged"]["name"],
-        "yours"
-    );
+    assert_eq!(sub["serviceSubscriptionChanged"]["name"], "yours");
 
     // A renewal in bulk on this replica reaches a subscriber on another one (legacy protocol).
     let replica = spawn_app_on(&app.database_url, &[]).await;
@@ -601,31 +603,9 @@ async fn wallet_and_subscription_changes_arrive_live_over_websocket() {
         .await
         .unwrap();
     assert_eq!(summary.renewed, 2, "both customers' subscriptions");
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        let m = recv(&mut far).await;
-        assert_eq!(m["type"], "data", "{m}");
-        seen.push(m);
-    }
-    let wallet = seen
-        .iter()
-        .find(|m| m["id"] == "w")
-        .expect("a wallet event");
-    assert_eq!(
-        wallet["payload"]["data"]["walletChanged"]["transaction"]["type"],
-        "RENEWAL"
-    );
-    assert_eq!(
-        wallet["payload"]["data"]["walletChanged"]["balance"]["amount"],
-        "40000.00"
-    );
-    let sub = seen
-        .iter()
-        .find(|m| m["id"] == "s")
-        .expect("a subscription event");
-    assert_eq!(
-        sub["payload"]["data"]["serviceSubscriptionChanged"]["name"],
-        "yours"
-    );
+    let (wallet, sub) = wallet_and_subscription_events(&mut far, "data").await;
+    assert_eq!(wallet["walletChanged"]["transaction"]["type"], "RENEWAL");
+    assert_eq!(wallet["walletChanged"]["balance"]["amount"], "40000.00");
+    assert_eq!(sub["serviceSubscriptionChanged"]["name"], "yours");
     assert_billing_consistent(&app).await;
 }

@@ -27,6 +27,16 @@ async fn invoices(app: &TestApp, s: &Session) -> Vec<Value> {
     nodes(r.data("myInvoices"))
 }
 
+/// Cancels a subscription now (its unused time credited).
+async fn cancel_now(app: &TestApp, user: &Session, id: &str) -> Gql {
+    app.gql(
+        Some(&user.access),
+        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+        json!({ "id": id }),
+    )
+    .await
+}
+
 /// Moves the app's clock to `t` and runs both billing jobs' work.
 async fn tick(app: &TestApp, t: DateTime<Utc>) {
     app.state.clock.advance_to(t);
@@ -283,13 +293,7 @@ async fn cancel_now_credits_the_unused_part_by_the_second() {
         balance(&app, &user).await,
         podium::money::format_amount(expected as i64, "IDR")
     );
-    let again = app
-        .gql(
-            Some(&user.access),
-            "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
-            json!({ "id": id }),
-        )
-        .await;
+    let again = cancel_now(&app, &user, &id).await;
     assert_eq!(again.code(), "CONFLICT");
     assert_billing_consistent(&app).await;
 }
@@ -671,14 +675,7 @@ async fn refunds_cancellations_and_downgrades_together_never_give_back_more_than
     )
     .await
     .ok();
-    let r = app
-        .gql(
-            Some(&user.access),
-            "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
-            json!({ "id": id }),
-        )
-        .await
-        .ok();
+    let r = cancel_now(&app, &user, &id).await.ok();
     assert_eq!(r.str("cancelSubscription.status"), "CANCELLED");
     assert_eq!(
         balance(&app, &user).await,
@@ -700,14 +697,7 @@ async fn credits_give_tax_back_at_the_rate_it_was_paid_at() {
     let taxed = spawn_app_on(&app.database_url, &[("PODIUM_TAX_RATE_PERCENT", "11")]).await;
     taxed.state.clock.stop();
     taxed.state.clock.advance_to(start + (end - start) / 2);
-    let r = taxed
-        .gql(
-            Some(&user.access),
-            "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
-            json!({ "id": id }),
-        )
-        .await
-        .ok();
+    let r = cancel_now(&taxed, &user, &id).await.ok();
     assert_eq!(r.str("cancelSubscription.status"), "CANCELLED");
     assert_eq!(
         balance(&app, &user).await,
@@ -741,14 +731,7 @@ async fn credits_give_tax_back_at_the_rate_it_was_paid_at() {
         "0.00",
         "15000 more, plus 1650 tax"
     );
-    taxed
-        .gql(
-            Some(&user.access),
-            "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
-            json!({ "id": id }),
-        )
-        .await
-        .ok();
+    cancel_now(&taxed, &user, &id).await.ok();
     assert_eq!(
         balance(&app, &user).await,
         "31650.00",

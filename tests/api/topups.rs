@@ -374,20 +374,10 @@ async fn reconciliation_settles_top_ups_whose_webhook_never_came() {
     // No webhook registered: Stripe's word reaches the server only by asking.
     let (app, _) = stripe_app(false).await;
     let (user, _) = app.register("unheard").await;
-    let start = |amount: &'static str| {
-        let (app, token) = (&app, user.access.clone());
-        async move {
-            let r = create_top_up(app, &token, amount, None).await.ok();
-            (
-                r.str("createTopUp.topUp.id"),
-                r.str("createTopUp.topUp.paymentIntentId"),
-            )
-        }
-    };
-    let (paid, paid_intent) = start("40000").await;
-    let (cancelled, cancelled_intent) = start("15000").await;
-    let (declined, declined_intent) = start("12000").await;
-    let (open, _) = start("11000").await;
+    let (paid, paid_intent) = start_top_up(&app, &user.access, "40000").await;
+    let (cancelled, cancelled_intent) = start_top_up(&app, &user.access, "15000").await;
+    let (declined, declined_intent) = start_top_up(&app, &user.access, "12000").await;
+    let (open, _) = start_top_up(&app, &user.access, "11000").await;
     assert_eq!(pay(&app, &paid_intent, "pm_card_visa").await.0, 200);
     let (status, _) = stripe_call(
         &app,
@@ -733,6 +723,15 @@ async fn sql(app: &TestApp, query: &str) {
     diesel::sql_query(query).execute(&mut conn).await.unwrap();
 }
 
+/// A new top-up of `amount`: its id and its PaymentIntent's.
+async fn start_top_up(app: &TestApp, token: &str, amount: &str) -> (String, String) {
+    let r = create_top_up(app, token, amount, None).await.ok();
+    (
+        r.str("createTopUp.topUp.id"),
+        r.str("createTopUp.topUp.paymentIntentId"),
+    )
+}
+
 /// Moves the billing clock past the reconciliation delay.
 fn past_reconcile_delay(app: &TestApp) {
     let after = app.state.settings.billing.top_up_reconcile_after;
@@ -882,19 +881,9 @@ async fn a_payment_for_another_amount_or_currency_credits_nothing() {
 async fn a_top_up_unpaid_after_a_day_is_cancelled_at_stripe() {
     let (app, _) = stripe_app(false).await;
     let (user, _) = app.register("abandoner").await;
-    let start = |amount: &'static str| {
-        let (app, token) = (&app, user.access.clone());
-        async move {
-            let r = create_top_up(app, &token, amount, None).await.ok();
-            (
-                r.str("createTopUp.topUp.id"),
-                r.str("createTopUp.topUp.paymentIntentId"),
-            )
-        }
-    };
-    let (open, open_intent) = start("11000").await;
-    let (declined, declined_intent) = start("12000").await;
-    let (paid, paid_intent) = start("13000").await;
+    let (open, open_intent) = start_top_up(&app, &user.access, "11000").await;
+    let (declined, declined_intent) = start_top_up(&app, &user.access, "12000").await;
+    let (paid, paid_intent) = start_top_up(&app, &user.access, "13000").await;
     assert_eq!(
         pay(&app, &declined_intent, "pm_card_chargeCustomerFail")
             .await
