@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod money;
 pub mod nodes;
 pub mod pagination;
+pub mod provisioner;
 pub mod ratelimit;
 pub mod seed;
 pub mod startup;

@@ -1,0 +1,1 @@
+//! The embedded Kubernetes API stand-in (default mode and tests).
