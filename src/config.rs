@@ -145,6 +145,7 @@ pub struct Settings {
     /// without an event; zero turns the caches off.
     pub cache_ttl: Duration,
     pub billing: BillingSettings,
+    pub kube: KubeSettings,
 }
 
 /// Money settings: Stripe, top-up limits, tax, and the billing cycle's schedule.
@@ -323,6 +324,7 @@ impl Settings {
             metrics_token: env.get("PODIUM_METRICS_TOKEN").map(Secret),
             cache_ttl: Duration::from_secs(env.parse("PODIUM_CACHE_TTL_SECS", 5)?),
             billing: billing_settings(&env, &default_currency)?,
+            kube: kube_settings(&env)?,
             default_currency,
         })
     }
@@ -331,6 +333,69 @@ impl Settings {
     pub fn is_embedded(&self) -> bool {
         self.database_url.is_none()
     }
+}
+
+/// Where instances run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubeTarget {
+    /// The embedded stand-in with a simulated kubelet (the default without a cluster).
+    Embedded,
+    /// A real cluster, from `KUBECONFIG`, `~/.kube/config` or the in-cluster service account.
+    Cluster,
+    /// An API server at this URL, without credentials (`kubectl proxy`, or another
+    /// replica's embedded cluster).
+    Url(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct KubeSettings {
+    pub target: KubeTarget,
+    pub ingress_class: Option<String>,
+    pub cluster_issuer: String,
+    pub storage_class: Option<String>,
+    pub ingress_namespace: String,
+    /// The embedded kubelet: how long a container takes to start.
+    pub embedded_start_delay: Duration,
+    pub resync_cron: String,
+}
+
+fn kube_settings(env: &Env) -> Result<KubeSettings, ConfigError> {
+    let in_cluster = env.get("KUBERNETES_SERVICE_HOST").is_some();
+    let target = match (
+        env.get("PODIUM_KUBE_API_URL"),
+        env.get("PODIUM_KUBE_MODE").as_deref().unwrap_or("auto"),
+    ) {
+        (Some(url), _) => KubeTarget::Url(url),
+        (None, "embedded") => KubeTarget::Embedded,
+        (None, "cluster") => KubeTarget::Cluster,
+        (None, "auto") if env.get("KUBECONFIG").is_some() || in_cluster => KubeTarget::Cluster,
+        (None, "auto") => KubeTarget::Embedded,
+        (None, other) => {
+            return Err(ConfigError {
+                var: "PODIUM_KUBE_MODE",
+                message: format!("must be auto, embedded or cluster, not {other:?}"),
+            });
+        }
+    };
+    Ok(KubeSettings {
+        target,
+        ingress_class: Some(
+            env.get("PODIUM_KUBE_INGRESS_CLASS")
+                .unwrap_or_else(|| "nginx".into()),
+        )
+        .filter(|c| c != "none"),
+        cluster_issuer: env
+            .get("PODIUM_KUBE_CLUSTER_ISSUER")
+            .unwrap_or_else(|| "letsencrypt".into()),
+        storage_class: env.get("PODIUM_KUBE_STORAGE_CLASS"),
+        ingress_namespace: env
+            .get("PODIUM_KUBE_INGRESS_NAMESPACE")
+            .unwrap_or_else(|| "ingress-nginx".into()),
+        embedded_start_delay: Duration::from_millis(
+            env.parse("PODIUM_EMBEDDED_KUBE_START_DELAY_MS", 2000)?,
+        ),
+        resync_cron: env.cron("PODIUM_INSTANCE_RESYNC_CRON", "30 * * * * *")?,
+    })
 }
 
 fn billing_settings(env: &Env, currency: &str) -> Result<BillingSettings, ConfigError> {

@@ -172,6 +172,23 @@ impl From<diesel::result::Error> for AppError {
     }
 }
 
+/// The cluster failed or refused: logged, never shown.
+impl From<kube::Error> for AppError {
+    fn from(e: kube::Error) -> Self {
+        AppError::Internal(anyhow::Error::from(e).context("Kubernetes API"))
+    }
+}
+
+impl AppError {
+    /// For background work that reports `anyhow` errors (jobs): the whole cause.
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            AppError::Internal(e) => e,
+            other => anyhow::anyhow!("{other:?}"),
+        }
+    }
+}
+
 impl From<crate::db::PoolError> for AppError {
     fn from(e: crate::db::PoolError) -> Self {
         AppError::Internal(anyhow::anyhow!("database pool: {e}"))

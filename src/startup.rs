@@ -52,6 +52,8 @@ impl Application {
         tokio::task::spawn_blocking(password::warm_up);
 
         let stripe = crate::billing::stripe::Stripe::from_settings(&settings.billing)?;
+        let nodes = crate::nodes::model::all(&mut *pool.get().await?).await?;
+        let cluster = crate::provisioner::connect(&settings, &nodes).await?;
         let state = AppState {
             pool,
             jwt: JwtKeys::new(&secret, settings.access_token_ttl),
@@ -66,6 +68,7 @@ impl Application {
             settings: Arc::new(settings),
             clock: Default::default(),
             stripe,
+            cluster: Some(cluster),
         };
         let (shutdown, stopping) = watch::channel(false);
         let background = spawn_background(&state, &url, stopping).await;
@@ -157,6 +160,18 @@ async fn spawn_background(
             }
         }
     }));
+    tasks.extend(crate::provisioner::watch::spawn_pod_watcher(
+        state.clone(),
+        stopping.clone(),
+    ));
+    tasks.extend(crate::provisioner::nodesync::spawn(
+        state.clone(),
+        stopping.clone(),
+    ));
+    tasks.push(crate::provisioner::watch::spawn_placer(
+        state.clone(),
+        stopping.clone(),
+    ));
     if state.settings.jobs_enabled {
         tasks.extend(jobs::runner::spawn_workers(
             state.clone(),

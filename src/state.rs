@@ -33,6 +33,8 @@ pub struct AppState {
     pub clock: Clock,
     /// The Stripe client for top-ups; `None` without `STRIPE_SECRET_KEY`.
     pub stripe: Option<crate::billing::stripe::Stripe>,
+    /// The Kubernetes cluster instances run on (the embedded one by default).
+    pub cluster: Option<crate::provisioner::cluster::Cluster>,
 }
 
 /// Who is calling from where: for sessions, throttling and the audit trail.

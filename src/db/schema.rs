@@ -155,6 +155,8 @@ diesel::table! {
         public_url -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        restarted_at -> Nullable<Timestamptz>,
+        placed_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -30,6 +30,7 @@ pub struct QueryRoot(
     crate::jobs::graphql::JobsQuery,
     crate::billing::graphql::BillingQuery,
     crate::subscriptions::graphql::SubscriptionsQuery,
+    crate::instances::graphql::InstancesQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -41,6 +42,7 @@ pub struct MutationRoot(
     crate::nodes::graphql::NodesMutation,
     crate::billing::graphql::BillingMutation,
     crate::subscriptions::graphql::SubscriptionsMutation,
+    crate::instances::graphql::InstancesMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -50,6 +52,7 @@ pub struct SubscriptionRoot(
     crate::nodes::graphql::NodesSubscription,
     crate::billing::graphql::BillingSubscription,
     crate::subscriptions::graphql::SubscriptionsSubscription,
+    crate::instances::graphql::InstancesSubscription,
 );
 
 pub type PodiumSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
@@ -143,6 +146,13 @@ pub fn request_data(
             loader_cache::EpochCache(epoch.clone()),
         ),
     );
+    data.insert(crate::nodes::graphql::NodeNameLoader::with_cache(
+        crate::nodes::graphql::NodeNames {
+            state: state.clone(),
+        },
+        tokio::spawn,
+        loader_cache::EpochCache(epoch.clone()),
+    ));
     data.insert(identity);
     data.insert(client);
     data

@@ -94,6 +94,9 @@ pub struct ServiceInstance {
     pub public_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The last restart asked for: the pod template carries it, so re-applying keeps it.
+    pub restarted_at: Option<DateTime<Utc>>,
+    pub placed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Insertable, Debug)]
@@ -158,4 +161,233 @@ pub async fn set_desired_state(
     .get_result(conn)
     .await
     .optional()
+}
+
+pub async fn find(conn: &mut Conn, id: Uuid) -> QueryResult<Option<ServiceInstance>> {
+    service_instances::table
+        .find(id)
+        .select(ServiceInstance::as_select())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+pub async fn lock(conn: &mut Conn, id: Uuid) -> QueryResult<Option<ServiceInstance>> {
+    service_instances::table
+        .find(id)
+        .select(ServiceInstance::as_select())
+        .for_update()
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// A page of one user's instances (all users' when `user_id` is `None`), newest first.
+pub async fn list(
+    conn: &mut Conn,
+    user_id: Option<Uuid>,
+    page: &crate::pagination::PageArgs,
+) -> QueryResult<Vec<ServiceInstance>> {
+    let mut q = service_instances::table
+        .select(ServiceInstance::as_select())
+        .into_boxed();
+    if let Some(user_id) = user_id {
+        q = q.filter(service_instances::user_id.eq(user_id));
+    }
+    let q = crate::newest_first_page!(q, service_instances, page);
+    q.load(conn).await
+}
+
+pub async fn count(conn: &mut Conn, user_id: Option<Uuid>) -> QueryResult<i64> {
+    let mut q = service_instances::table.count().into_boxed();
+    if let Some(user_id) = user_id {
+        q = q.filter(service_instances::user_id.eq(user_id));
+    }
+    q.get_result(conn).await
+}
+
+impl ServiceInstance {
+    pub fn cursor(&self) -> crate::pagination::Cursor {
+        crate::pagination::Cursor::new(self.created_at, self.id)
+    }
+}
+
+/// Writes a status the provisioner observed, if the desired state is still the one it
+/// acted on (a newer desire has its own reconcile coming). Returns the row before and after.
+pub async fn set_status(
+    conn: &mut Conn,
+    id: Uuid,
+    acted_on: DesiredState,
+    status: InstanceStatus,
+    message: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<(InstanceStatus, ServiceInstance)>> {
+    let Some(before) = lock(conn, id).await? else {
+        return Ok(None);
+    };
+    if before.desired_state != acted_on
+        || (before.status == status && before.status_message.as_deref() == Some(message))
+    {
+        return Ok(None);
+    }
+    let after = diesel::update(service_instances::table.find(id))
+        .set((
+            service_instances::status.eq(status),
+            service_instances::status_message.eq(message),
+            service_instances::updated_at.eq(now),
+        ))
+        .returning(ServiceInstance::as_returning())
+        .get_result(conn)
+        .await?;
+    Ok(Some((before.status, after)))
+}
+
+/// The owner's operations: a new desired state (and, for a restart, the time asked).
+pub async fn set_desired(
+    conn: &mut Conn,
+    id: Uuid,
+    desired: DesiredState,
+    restarted_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> QueryResult<ServiceInstance> {
+    diesel::update(service_instances::table.find(id))
+        .set((
+            service_instances::desired_state.eq(desired),
+            service_instances::restarted_at.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >("COALESCE(")
+            .bind::<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>, _>(restarted_at)
+            .sql(", restarted_at)")),
+            service_instances::updated_at.eq(now),
+        ))
+        .returning(ServiceInstance::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// The subscription status an instance's operations depend on.
+pub async fn subscription_status(conn: &mut Conn, subscription_id: Uuid) -> QueryResult<String> {
+    use crate::db::schema::service_subscriptions as subs;
+    subs::table
+        .find(subscription_id)
+        .select(subs::status)
+        .get_result(conn)
+        .await
+}
+
+/// Everything the provisioner needs about one instance: the instance, its plan's
+/// resources, its service's image and template, and the node it is placed on.
+#[derive(QueryableByName, Clone, Debug)]
+pub struct Workload {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub subscription_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub user_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub namespace: String,
+    #[diesel(sql_type = Text)]
+    pub subdomain: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    pub public_url: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub desired_state: DesiredState,
+    #[diesel(sql_type = Text)]
+    pub status: InstanceStatus,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    pub restarted_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    pub node_id: Option<Uuid>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    pub node_name: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub service_slug: String,
+    #[diesel(sql_type = Text)]
+    pub image: String,
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    pub container_port: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    pub volume_mount_path: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
+    pub env_template: serde_json::Value,
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    pub cpu_milli: i32,
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    pub memory_mb: i32,
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    pub storage_gb: i32,
+}
+
+pub async fn workload(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Workload>> {
+    diesel::sql_query(
+        "SELECT i.id, i.subscription_id, i.user_id, COALESCE(i.namespace, '') AS namespace,
+                i.subdomain, i.public_url, i.desired_state, i.status, i.restarted_at,
+                i.node_id, n.name AS node_name, sv.slug AS service_slug,
+                sv.docker_image AS image, sv.container_port, sv.volume_mount_path,
+                sv.env_template, p.cpu_milli, p.memory_mb, p.storage_gb
+         FROM service_instances i
+         JOIN service_subscriptions s ON s.id = i.subscription_id
+         JOIN service_plans p ON p.id = s.plan_id
+         JOIN services sv ON sv.id = p.service_id
+         LEFT JOIN worker_nodes n ON n.id = i.node_id
+         WHERE i.id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Instances whose cluster state may differ from what is desired (for the resync):
+/// everything not yet TERMINATED, oldest change first.
+pub async fn unsettled(conn: &mut Conn, limit: i64) -> QueryResult<Vec<ServiceInstance>> {
+    service_instances::table
+        .filter(service_instances::status.ne(InstanceStatus::Terminated))
+        .order(service_instances::updated_at.asc())
+        .select(ServiceInstance::as_select())
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// Instances waiting for a node.
+pub async fn unplaced(conn: &mut Conn) -> QueryResult<Vec<Uuid>> {
+    service_instances::table
+        .filter(service_instances::node_id.is_null())
+        .filter(service_instances::desired_state.ne(DesiredState::Deleted))
+        .select(service_instances::id)
+        .load(conn)
+        .await
+}
+
+/// Takes the instances off a node (drain): they are placed again elsewhere.
+pub async fn unplace_from(
+    conn: &mut Conn,
+    node_id: Uuid,
+    message: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<(InstanceStatus, ServiceInstance)>> {
+    let before: Vec<ServiceInstance> = service_instances::table
+        .filter(service_instances::node_id.eq(node_id))
+        .filter(service_instances::status.ne(InstanceStatus::Terminated))
+        .select(ServiceInstance::as_select())
+        .for_update()
+        .load(conn)
+        .await?;
+    let mut moved = Vec::with_capacity(before.len());
+    for b in before {
+        let after = diesel::update(service_instances::table.find(b.id))
+            .set((
+                service_instances::node_id.eq(None::<Uuid>),
+                service_instances::status.eq(InstanceStatus::Pending),
+                service_instances::status_message.eq(message),
+                service_instances::updated_at.eq(now),
+            ))
+            .returning(ServiceInstance::as_returning())
+            .get_result(conn)
+            .await?;
+        moved.push((b.status, after));
+    }
+    Ok(moved)
 }

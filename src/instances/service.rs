@@ -5,11 +5,20 @@ use chrono::{DateTime, Utc};
 use rand::RngExt;
 use uuid::Uuid;
 
-use super::model::{self, DesiredState, NewInstance, ServiceInstance};
+use diesel_async::AsyncConnection;
+use futures_util::FutureExt;
+use serde_json::json;
+
+use super::events;
+use super::model::{self, DesiredState, InstanceStatus, NewInstance, ServiceInstance, Workload};
 use crate::auth::Identity;
 use crate::db::Conn;
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
+use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
+
+/// Job kind: bring an instance to its desired state (the provisioner's work).
+pub const RECONCILE_JOB: &str = "instances.reconcile";
 
 /// A DNS label from a name: lower-case letters, digits and dashes, plus a random suffix
 /// so that two customers' "blog" never collide.
@@ -92,6 +101,226 @@ pub async fn of_subscriptions(
         .into_iter()
         .filter(|i| actor.is_admin() || i.user_id == actor.user_id)
         .collect())
+}
+
+/// Queues the provisioner for an instance (inside the transaction that changed it).
+pub async fn queue_reconcile(conn: &mut Conn, instance_id: Uuid) -> AppResult<()> {
+    crate::jobs::model::enqueue(
+        conn,
+        RECONCILE_JOB,
+        json!({ "instanceId": instance_id }),
+        Utc::now(),
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// After a commit that queued work or events: wake this replica's workers and outbox.
+fn committed(state: &AppState) {
+    state.jobs_wakeup.notify_waiters();
+    state.events.outbox_written();
+}
+
+/// One instance the caller may see (its owner or an administrator); others' are NOT_FOUND.
+pub async fn get(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<ServiceInstance> {
+    let actor = identity.actor()?;
+    let mut conn = state.pool.get().await?;
+    model::find(&mut conn, id)
+        .await?
+        .filter(|i| actor.is_admin() || i.user_id == actor.user_id)
+        .ok_or_else(|| AppError::not_found("instance"))
+}
+
+/// Whether the caller may see the instance (for live events): no error, no query.
+pub fn may_see(identity: &Identity, user_id: Uuid) -> bool {
+    identity
+        .actor()
+        .is_ok_and(|a| a.is_admin() || a.user_id == user_id)
+}
+
+/// The caller's own instances (`all` for administrators: everyone's).
+pub async fn list(
+    state: &AppState,
+    identity: &Identity,
+    all: bool,
+    page: PageArgs,
+) -> AppResult<Page<ServiceInstance>> {
+    let actor = identity.actor()?;
+    let user_id = if all {
+        identity.admin()?;
+        None
+    } else {
+        Some(actor.user_id)
+    };
+    let mut conn = state.pool.get().await?;
+    let rows = model::list(&mut conn, user_id, &page).await?;
+    let total = Total::deferred(&state.pool, user_id, |conn, user_id| {
+        model::count(conn, *user_id).boxed()
+    });
+    Ok(Page::from_rows(rows, &page, total))
+}
+
+/// What an owner can ask of a running instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// Start, stop or restart an instance (its owner or an administrator, audited). Refused
+/// (CONFLICT) while its subscription is suspended, expired or cancelled, or while the
+/// instance is being deleted; the provisioner does the work.
+pub async fn operate(
+    state: &AppState,
+    identity: &Identity,
+    id: Uuid,
+    op: Operation,
+) -> AppResult<ServiceInstance> {
+    let actor = identity.actor()?;
+    let now = state.clock.now();
+    let action = match op {
+        Operation::Start => "instance.start",
+        Operation::Stop => "instance.stop",
+        Operation::Restart => "instance.restart",
+    };
+    let (user_id, admin) = (actor.user_id, actor.is_admin());
+    let instance = crate::audit::audited(state, actor, action, "ServiceInstance", move |conn| {
+        async move {
+            let instance = model::lock(conn, id)
+                .await?
+                .filter(|i| admin || i.user_id == user_id)
+                .ok_or_else(|| AppError::not_found("instance"))?;
+            if instance.desired_state == DesiredState::Deleted {
+                return Err(AppError::Conflict(
+                    "the instance is being deleted with its subscription".into(),
+                ));
+            }
+            let held = model::subscription_status(conn, instance.subscription_id).await?;
+            if matches!(held.as_str(), "SUSPENDED" | "EXPIRED" | "CANCELLED") {
+                return Err(AppError::Conflict(format!(
+                    "its subscription is {}: settle the subscription first",
+                    held.to_lowercase()
+                )));
+            }
+            let (desired, restarted_at) = match op {
+                Operation::Start => (DesiredState::Running, None),
+                Operation::Stop => (DesiredState::Stopped, None),
+                Operation::Restart if instance.desired_state != DesiredState::Running => {
+                    return Err(AppError::Conflict(
+                        "the instance is stopped: start it instead".into(),
+                    ));
+                }
+                Operation::Restart => (DesiredState::Running, Some(now)),
+            };
+            let mut after = model::set_desired(conn, id, desired, restarted_at, now).await?;
+            let shown = match op {
+                Operation::Restart => Some((InstanceStatus::Restarting, "restarting")),
+                Operation::Stop if after.status != InstanceStatus::Stopped => {
+                    Some((InstanceStatus::Stopping, "stopping"))
+                }
+                Operation::Start if after.status == InstanceStatus::Stopped => {
+                    Some((InstanceStatus::Provisioning, "starting"))
+                }
+                _ => None,
+            };
+            if let Some((status, message)) = shown
+                && let Some((previous, now_row)) =
+                    model::set_status(conn, id, desired, status, message, now).await?
+            {
+                events::status_changed(conn, previous, &now_row).await?;
+                after = now_row;
+            }
+            queue_reconcile(conn, id).await?;
+            let metadata = json!({ "name": after.name, "desiredState": desired.as_str() });
+            Ok((after, Some(id), metadata))
+        }
+        .boxed()
+    })
+    .await?;
+    committed(state);
+    Ok(instance)
+}
+
+/// The provisioner's view of an instance (no caller: internal).
+pub async fn workload(state: &AppState, id: Uuid) -> AppResult<Option<Workload>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::workload(&mut conn, id).await?)
+}
+
+/// Records a status the provisioner observed after acting on `acted_on`, with its
+/// event, in one transaction; returns the instance if the status changed.
+pub async fn record_status(
+    state: &AppState,
+    id: Uuid,
+    acted_on: DesiredState,
+    status: InstanceStatus,
+    message: &str,
+) -> AppResult<Option<ServiceInstance>> {
+    let now = state.clock.now();
+    let mut conn = state.pool.get().await?;
+    let changed = conn
+        .transaction(async |conn| {
+            let Some((previous, after)) =
+                model::set_status(conn, id, acted_on, status, message, now).await?
+            else {
+                return Ok::<_, AppError>(None);
+            };
+            if previous != after.status {
+                events::status_changed(conn, previous, &after).await?;
+            }
+            Ok(Some(after))
+        })
+        .await?;
+    if changed.is_some() {
+        state.events.outbox_written();
+    }
+    Ok(changed)
+}
+
+/// Instances to look at again: every one not yet TERMINATED (for the resync).
+pub async fn unsettled(state: &AppState, limit: i64) -> AppResult<Vec<ServiceInstance>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::unsettled(&mut conn, limit).await?)
+}
+
+/// Instances waiting for a node: queued for placement (capacity appeared).
+pub async fn queue_unplaced(state: &AppState) -> AppResult<usize> {
+    let mut conn = state.pool.get().await?;
+    let ids = conn
+        .transaction(async |conn| {
+            let ids = model::unplaced(conn).await?;
+            for id in &ids {
+                queue_reconcile(conn, *id).await?;
+            }
+            Ok::<_, AppError>(ids)
+        })
+        .await?;
+    committed(state);
+    Ok(ids.len())
+}
+
+/// Takes every instance off a node being drained (inside the drain's transaction): each
+/// is placed again elsewhere, its status warning that node-local data stays behind.
+pub async fn unplace_from_node(
+    conn: &mut Conn,
+    node_id: Uuid,
+    now: DateTime<Utc>,
+) -> AppResult<usize> {
+    const MOVING: &str = "moving to another node (its node is being drained): data on \
+        node-local volumes does not move with it";
+    let moved = model::unplace_from(conn, node_id, MOVING, now).await?;
+    for (previous, after) in &moved {
+        events::status_changed(conn, *previous, after).await?;
+        queue_reconcile(conn, after.id).await?;
+    }
+    Ok(moved.len())
+}
+
+/// After a drain's commit.
+pub fn drained(state: &AppState) {
+    committed(state);
 }
 
 #[cfg(test)]

@@ -25,5 +25,7 @@ pub const BILLING_RENEWALS: &str = "billing.renewals";
 pub const BILLING_DUNNING: &str = "billing.dunning";
 /// Settle PENDING top-ups whose webhook never came, by asking Stripe.
 pub const BILLING_RECONCILE_TOP_UPS: &str = crate::billing::topup::RECONCILE_JOB;
+/// Look at every instance again: the level-triggered safety net of the provisioner.
+pub const INSTANCES_RESYNC: &str = "instances.resync";
 /// Sleeps, optionally panics: for watching workers and leases (see `runner`).
 pub const DIAGNOSTIC_SLEEP: &str = "diagnostic.sleep";

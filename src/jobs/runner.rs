@@ -15,12 +15,13 @@ use tracing::Instrument;
 
 use super::model::{self, Job};
 use super::{
-    BILLING_DUNNING, BILLING_RECONCILE_TOP_UPS, BILLING_RENEWALS, DIAGNOSTIC_SLEEP, JOBS_PRUNE,
-    NODE_STALENESS, TOKEN_CLEANUP,
+    BILLING_DUNNING, BILLING_RECONCILE_TOP_UPS, BILLING_RENEWALS, DIAGNOSTIC_SLEEP,
+    INSTANCES_RESYNC, JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP,
 };
 use crate::billing::service::SETTLE_JOB;
+use crate::error::AppError;
+use crate::instances::service::RECONCILE_JOB;
 use crate::state::AppState;
-use crate::subscriptions::service::PROVISION_JOB;
 
 /// Finished jobs are deleted this many per statement.
 const PRUNE_BATCH: i64 = 1000;
@@ -73,9 +74,15 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
             crate::subscriptions::cycle::settle_user(state, user_id).await?;
             Ok(())
         }
-        // Instances wait for the provisioner (the Kubernetes issue): until it exists their
-        // desired state is recorded and they stay PENDING.
-        PROVISION_JOB => Ok(()),
+        RECONCILE_JOB => {
+            let id: uuid::Uuid = serde_json::from_value(job.payload["instanceId"].clone())?;
+            crate::provisioner::reconcile::reconcile(state, id)
+                .await
+                .map_err(AppError::into_anyhow)
+        }
+        INSTANCES_RESYNC => crate::provisioner::reconcile::resync(state)
+            .await
+            .map_err(AppError::into_anyhow),
         other => anyhow::bail!("no handler for job kind {other:?}"),
     }
 }

@@ -9,6 +9,8 @@ use super::model::{NodeChanges, NodeFilter, NodeStatus, Report, WorkerNode};
 use super::service::{self, NodeInput};
 use crate::graphql::{ContextExt, PodiumConnection, connection, parse_id};
 use crate::pagination::PageArgs;
+use crate::state::AppState;
+use uuid::Uuid;
 
 fn ratio(used: i64, total: i64) -> f64 {
     if total <= 0 {
@@ -432,6 +434,13 @@ impl NodesMutation {
         Ok(service::set_schedulable(ctx.state(), ctx.identity(), id, schedulable).await?)
     }
 
+    /// Administrators: cordons the node and moves its instances to other nodes (their
+    /// status warns that data on node-local volumes does not move).
+    async fn drain_worker_node(&self, ctx: &Context<'_>, id: ID) -> Result<WorkerNode> {
+        let id = parse_id("id", &id)?;
+        Ok(service::drain(ctx.state(), ctx.identity(), id).await?)
+    }
+
     /// Administrators: e.g. MAINTENANCE (kept until an administrator changes it).
     async fn set_worker_node_status(
         &self,
@@ -532,5 +541,25 @@ impl NodesSubscription {
                 }
             },
         ))
+    }
+}
+
+/// The names (and regions) of the nodes instances are placed on: what an instance's owner
+/// may know of its node (the instance was judged visible before asking).
+pub type NodeNameLoader =
+    async_graphql::dataloader::DataLoader<NodeNames, crate::graphql::loader_cache::EpochCache>;
+
+pub struct NodeNames {
+    pub state: AppState,
+}
+
+impl async_graphql::dataloader::Loader<Uuid> for NodeNames {
+    type Value = (String, Option<String>);
+    type Error = async_graphql::Error;
+    async fn load(
+        &self,
+        keys: &[Uuid],
+    ) -> async_graphql::Result<std::collections::HashMap<Uuid, Self::Value>> {
+        Ok(service::names(&self.state, keys).await?)
     }
 }

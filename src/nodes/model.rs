@@ -176,6 +176,14 @@ pub async fn find(conn: &mut Conn, id: Uuid) -> QueryResult<Option<WorkerNode>> 
         .optional()
 }
 
+pub async fn all(conn: &mut Conn) -> QueryResult<Vec<WorkerNode>> {
+    worker_nodes::table
+        .order(worker_nodes::name)
+        .select(WorkerNode::as_select())
+        .load(conn)
+        .await
+}
+
 pub async fn find_many(conn: &mut Conn, ids: &[Uuid]) -> QueryResult<Vec<WorkerNode>> {
     worker_nodes::table
         .filter(worker_nodes::id.eq_any(ids))
@@ -244,6 +252,20 @@ pub async fn update(
     diesel::update(worker_nodes::table.find(id))
         .set((changes, worker_nodes::updated_at.eq(diesel::dsl::now)))
         .returning(WorkerNode::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// Updates a node found by name; returns its id.
+pub async fn update_by_name(
+    conn: &mut Conn,
+    name: &str,
+    changes: &NodeChanges,
+) -> QueryResult<Option<Uuid>> {
+    diesel::update(worker_nodes::table.filter(worker_nodes::name.eq(name)))
+        .set((changes, worker_nodes::updated_at.eq(diesel::dsl::now)))
+        .returning(worker_nodes::id)
         .get_result(conn)
         .await
         .optional()

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::TOKEN_PREFIX;
 use super::model::{
-    self, NodeChanges, NodeFilter, NodeStatus, NodeTotals, StatusChange, WorkerNode,
+    self, NodeChanges, NodeFilter, NodeStatus, NodeTotals, Report, StatusChange, WorkerNode,
 };
 use crate::audit;
 use crate::auth::{Actor, Identity, identity, new_opaque_token, token_hash};
@@ -151,6 +151,31 @@ pub struct NodeStats {
     pub by_status: BTreeMap<&'static str, i64>,
 }
 
+/// A node as the provisioner needs it (no caller: internal).
+pub async fn find_internal(state: &AppState, id: Uuid) -> AppResult<Option<WorkerNode>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::find(&mut conn, id).await?)
+}
+
+/// Node names and regions by id (internal: for instances already judged visible).
+pub async fn names(
+    state: &AppState,
+    ids: &[Uuid],
+) -> AppResult<std::collections::HashMap<Uuid, (String, Option<String>)>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::find_many(&mut conn, ids)
+        .await?
+        .into_iter()
+        .map(|n| (n.id, (n.name, n.region)))
+        .collect())
+}
+
+/// Every node (the embedded cluster runs them), in name order.
+pub async fn all_internal(state: &AppState) -> AppResult<Vec<WorkerNode>> {
+    let mut conn = state.pool.get().await?;
+    Ok(model::all(&mut conn).await?)
+}
+
 pub async fn stats(state: &AppState, identity: &Identity) -> AppResult<NodeStats> {
     identity.admin()?;
     let mut conn = state.pool.get().await?;
@@ -222,7 +247,37 @@ pub async fn set_schedulable(
     } else {
         "node.cordon"
     };
-    apply_changes(state, actor, id, changes, action).await
+    let node = apply_changes(state, actor, id, changes, action).await?;
+    if schedulable {
+        // Instances waiting for room may fit now.
+        crate::instances::service::queue_unplaced(state).await?;
+    }
+    Ok(node)
+}
+
+/// Drains a node: cordons it and moves its instances to other nodes (their status warns
+/// that node-local data stays behind). Audited; the provisioner does the moving.
+pub async fn drain(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<WorkerNode> {
+    let actor = identity.admin()?;
+    let now = state.clock.now();
+    let node = audit::audited(state, actor, "node.drain", "WorkerNode", move |conn| {
+        async move {
+            let changes = NodeChanges {
+                is_schedulable: Some(false),
+                ..Default::default()
+            };
+            let node = model::update(conn, id, &changes)
+                .await?
+                .ok_or_else(|| AppError::not_found("worker node"))?;
+            let moved = crate::instances::service::unplace_from_node(conn, id, now).await?;
+            let metadata = json!({ "name": node.name, "instancesMoved": moved });
+            Ok((node, Some(id), metadata))
+        }
+        .boxed()
+    })
+    .await?;
+    crate::instances::service::drained(state);
+    Ok(node)
 }
 
 async fn apply_changes(
@@ -387,6 +442,93 @@ pub async fn mark_stale_nodes(state: &AppState) -> anyhow::Result<usize> {
         state.heartbeats.observe_status(change.id, change.status);
     }
     Ok(changes.len())
+}
+
+/// A Node as the cluster reports it (node sync).
+#[derive(Clone, Debug)]
+pub struct ClusterNode {
+    pub name: String,
+    pub hostname: String,
+    pub ip_address: String,
+    pub cpu_cores: i32,
+    pub memory_mb: i64,
+    pub storage_mb: i64,
+    pub max_pods: i32,
+    pub architecture: String,
+    pub operating_system: String,
+    pub ready: bool,
+    pub kubelet_version: Option<String>,
+    pub container_runtime: Option<String>,
+    pub kernel_version: Option<String>,
+    pub os_image: Option<String>,
+    pub labels: serde_json::Value,
+    pub taints: serde_json::Value,
+}
+
+/// Mirrors the cluster's Nodes into worker nodes: unknown ones are added (with a token
+/// nobody holds: an agent gets one by rotation), capacity follows the cluster, and
+/// readiness and versions are written as a heartbeat would write them. Cordons stay
+/// Podium's.
+pub async fn sync_from_cluster(state: &AppState, nodes: &[ClusterNode]) -> AppResult<usize> {
+    if nodes.is_empty() {
+        return Ok(0);
+    }
+    let now = chrono::Utc::now();
+    let mut conn = state.pool.get().await?;
+    let changes = conn
+        .transaction(async |conn| {
+            let mut reports = Vec::with_capacity(nodes.len());
+            for n in nodes {
+                let changes = NodeChanges {
+                    name: Some(n.name.clone()),
+                    hostname: Some(n.hostname.clone()),
+                    ip_address: Some(n.ip_address.clone()),
+                    cpu_cores: Some(n.cpu_cores),
+                    memory_mb: Some(n.memory_mb),
+                    storage_mb: Some(n.storage_mb),
+                    architecture: Some(n.architecture.clone()),
+                    operating_system: Some(n.operating_system.clone()),
+                    max_pods: Some(n.max_pods),
+                    labels: Some(n.labels.clone()),
+                    taints: Some(n.taints.clone()),
+                    ..Default::default()
+                };
+                model::insert_if_absent(conn, &changes, &new_token().1).await?;
+                let capacity = NodeChanges {
+                    cpu_cores: Some(n.cpu_cores),
+                    memory_mb: Some(n.memory_mb),
+                    storage_mb: Some(n.storage_mb),
+                    max_pods: Some(n.max_pods),
+                    ..Default::default()
+                };
+                let Some(id) = model::update_by_name(conn, &n.name, &capacity).await? else {
+                    continue;
+                };
+                reports.push((
+                    id,
+                    Report {
+                        at: now,
+                        is_ready: Some(n.ready),
+                        kubelet_version: n.kubelet_version.clone(),
+                        container_runtime: n.container_runtime.clone(),
+                        kernel_version: n.kernel_version.clone(),
+                        os_image: n.os_image.clone(),
+                        labels: Some(n.labels.clone()),
+                        taints: Some(n.taints.clone()),
+                        ..Default::default()
+                    },
+                ));
+            }
+            reports.sort_by_key(|(id, _)| *id);
+            let changes = model::apply_reports(conn, &reports).await?;
+            publish_changes(conn, &changes).await?;
+            Ok::<_, AppError>(changes)
+        })
+        .await?;
+    for change in &changes {
+        state.heartbeats.observe_status(change.id, change.status);
+    }
+    Ok(nodes.len())
 }
 
 /// Demo nodes for the seed; returns (name, token) of the ones created.

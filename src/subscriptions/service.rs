@@ -25,9 +25,6 @@ use crate::instances::service as instances;
 use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
 
-/// Job kind: bring an instance to its desired state (the provisioner's work).
-pub const PROVISION_JOB: &str = "instances.reconcile";
-
 /// One calendar month after `t` (the 31st becomes the month's last day).
 pub fn month_after(t: DateTime<Utc>) -> DateTime<Utc> {
     t.checked_add_months(Months::new(1))
@@ -311,15 +308,7 @@ pub async fn subscribe(
 }
 
 async fn queue_provisioning(conn: &mut Conn, instance_id: Uuid) -> AppResult<()> {
-    crate::jobs::model::enqueue(
-        conn,
-        PROVISION_JOB,
-        json!({ "instanceId": instance_id }),
-        Utc::now(),
-        None,
-    )
-    .await?;
-    Ok(())
+    instances::queue_reconcile(conn, instance_id).await
 }
 
 /// Moves the subscription's instance to a desired state, and queues the provisioner.

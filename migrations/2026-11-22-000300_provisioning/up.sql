@@ -1,0 +1,9 @@
+-- The provisioner: restarts asked for (kept so that re-applying an instance's objects never
+-- restarts it again), when it was placed, and indexes for placement and the resync.
+ALTER TABLE service_instances
+    ADD COLUMN restarted_at TIMESTAMPTZ,
+    ADD COLUMN placed_at TIMESTAMPTZ;
+
+CREATE INDEX service_instances_node ON service_instances (node_id) WHERE node_id IS NOT NULL;
+CREATE INDEX service_instances_unsettled ON service_instances (updated_at)
+    WHERE status <> 'TERMINATED';

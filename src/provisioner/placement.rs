@@ -1,0 +1,71 @@
+//! Placement: an instance goes to a schedulable, ready, online node with enough free cpu,
+//! memory, storage and pod slots, counting what Podium has placed there (every instance
+//! not yet TERMINATED, stopped ones included: their volumes stay on the node). Among the
+//! nodes that fit, the one with the most free cpu (spreading load). Placements are taken
+//! one at a time under a transaction-scoped advisory lock, so two replicas can never both
+//! fill the last slot of a node.
+
+use diesel::sql_types::{Text, Uuid as SqlUuid};
+use diesel::{OptionalExtension, QueryableByName};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+/// The advisory lock all placements take ("podium placement").
+const PLACEMENT_LOCK: i64 = 0x706f_6469_756d_706c;
+
+#[derive(QueryableByName, Debug)]
+pub struct Placed {
+    #[diesel(sql_type = SqlUuid)]
+    pub node_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub node_name: String,
+}
+
+/// Places the instance if it is still unplaced and a node fits; `None` when none does.
+pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option<Placed>> {
+    let mut conn = state.pool.get().await?;
+    let placed = conn
+        .transaction(async |conn| {
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                .bind::<diesel::sql_types::BigInt, _>(PLACEMENT_LOCK)
+                .execute(conn)
+                .await?;
+            diesel::sql_query(
+                "WITH need AS (
+                     SELECT p.cpu_milli, p.memory_mb, p.storage_gb
+                     FROM service_instances i
+                     JOIN service_subscriptions s ON s.id = i.subscription_id
+                     JOIN service_plans p ON p.id = s.plan_id
+                     WHERE i.id = $1 AND i.node_id IS NULL),
+                 used AS (
+                     SELECT i.node_id, sum(p.cpu_milli) AS cpu, sum(p.memory_mb) AS mem,
+                            sum(p.storage_gb) AS storage, count(*) AS pods
+                     FROM service_instances i
+                     JOIN service_subscriptions s ON s.id = i.subscription_id
+                     JOIN service_plans p ON p.id = s.plan_id
+                     WHERE i.node_id IS NOT NULL AND i.status <> 'TERMINATED'
+                     GROUP BY i.node_id),
+                 chosen AS (
+                     SELECT n.id, n.name
+                     FROM worker_nodes n CROSS JOIN need LEFT JOIN used u ON u.node_id = n.id
+                     WHERE n.status = 'ACTIVE' AND n.is_ready AND n.is_schedulable
+                       AND n.cpu_cores::bigint * 1000 - COALESCE(u.cpu, 0) >= need.cpu_milli
+                       AND n.memory_mb - COALESCE(u.mem, 0) >= need.memory_mb
+                       AND n.storage_mb - COALESCE(u.storage, 0) * 1024 >= need.storage_gb::bigint * 1024
+                       AND n.max_pods - COALESCE(u.pods, 0) >= 1
+                     ORDER BY n.cpu_cores::bigint * 1000 - COALESCE(u.cpu, 0) DESC, n.name
+                     LIMIT 1)
+                 UPDATE service_instances i SET node_id = chosen.id, placed_at = now()
+                 FROM chosen WHERE i.id = $1 AND i.node_id IS NULL
+                 RETURNING chosen.id AS node_id, chosen.name AS node_name",
+            )
+            .bind::<SqlUuid, _>(instance_id)
+            .get_result::<Placed>(conn)
+            .await
+            .optional()
+        })
+        .await?;
+    Ok(placed)
+}
