@@ -88,6 +88,11 @@ pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings
         ("PODIUM_BILLING_RENEWAL_CRON".into(), NEVER.into()),
         ("PODIUM_BILLING_DUNNING_CRON".into(), NEVER.into()),
         ("PODIUM_TOP_UP_RECONCILE_CRON".into(), NEVER.into()),
+        // Each test app runs its own embedded Kubernetes cluster, whose containers start
+        // quickly; the resync runs when a test asks for it.
+        ("PODIUM_KUBE_MODE".into(), "embedded".into()),
+        ("PODIUM_EMBEDDED_KUBE_START_DELAY_MS".into(), "150".into()),
+        ("PODIUM_INSTANCE_RESYNC_CRON".into(), NEVER.into()),
     ];
     vars.extend(
         overrides

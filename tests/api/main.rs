@@ -9,6 +9,7 @@ mod catalog;
 mod cost;
 mod helpers;
 mod infra;
+mod instances;
 mod integrity;
 mod invoices;
 mod jobs;

@@ -1,0 +1,670 @@
+//! Instances end to end against the embedded Kubernetes stand-in, reached by the real
+//! kube client over HTTP: placement, provisioning, live status over WebSocket, stop, start,
+//! restart, failures, billing's suspension and expiry, drain, logs, credentials, and who
+//! may do what.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::{Value, json};
+
+use crate::billing::{funded_user, plan_id, subscribe};
+use crate::helpers::*;
+use crate::subscriptions::{Ws, connect, recv, send};
+
+pub const INSTANCE: &str = "query($id: ID!) { serviceInstance(id: $id) {
+    id name status statusMessage desiredState url subdomain node { name region } } }";
+const STATUS_EVENTS: &str = "subscription($id: ID) { instanceStatusChanged(instanceId: $id) {
+    previousStatus status message at instance { id status desiredState } } }";
+const REGISTER: &str = "mutation($name: String!, $cpu: Int!) { registerWorkerNode(input: {name: $name,
+    hostname: \"w.internal\", ipAddress: \"10.0.0.9\", cpuCores: $cpu, memoryMb: 16384, storageMb: 200000}) {
+    nodeToken node { id } } }";
+const HEARTBEAT: &str = "mutation { nodeHeartbeat(input: {isReady: true}) { status } }";
+
+/// A worker node that reports ready (ACTIVE); returns its id.
+pub async fn ready_node(app: &TestApp, admin: &Session, name: &str, cpu: i32) -> String {
+    let r = app
+        .gql(
+            Some(&admin.access),
+            REGISTER,
+            json!({ "name": name, "cpu": cpu }),
+        )
+        .await
+        .ok();
+    let token = r.str("registerWorkerNode.nodeToken");
+    let id = r.str("registerWorkerNode.node.id");
+    app.gql(Some(&token), HEARTBEAT, json!({})).await.ok();
+    eventually("the node is ACTIVE", || async {
+        app.gql(
+            Some(&admin.access),
+            "query($id: ID!) { workerNode(id: $id) { status } }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok()
+        .str("workerNode.status")
+            == "ACTIVE"
+    })
+    .await;
+    id
+}
+
+/// A funded customer subscribed to a plan of `service`; returns (customer,
+/// subscription id, instance id).
+pub async fn customer_with_instance(
+    app: &TestApp,
+    admin: &Session,
+    service: &str,
+    plan: &str,
+) -> (Session, String, String) {
+    let user = funded_user(app, admin, "owner", "500000").await;
+    let plan = plan_id(app, service, plan).await;
+    let r = subscribe(app, &user, &plan, &format!("my {service}"))
+        .await
+        .ok();
+    (
+        user,
+        r.str("subscribe.subscription.id"),
+        r.str("subscribe.instance.id"),
+    )
+}
+
+pub async fn instance(app: &TestApp, s: &Session, id: &str) -> Value {
+    app.gql(Some(&s.access), INSTANCE, json!({ "id": id }))
+        .await
+        .ok()
+        .data("serviceInstance")
+        .clone()
+}
+
+/// Waits (20 s at most) for the instance to reach `status`; returns it then.
+pub async fn wait_status(app: &TestApp, s: &Session, id: &str, status: &str) -> Value {
+    let mut last = Value::Null;
+    let reached = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            last = instance(app, s, id).await;
+            if last["status"] == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "never {status}; last seen {last}");
+    last
+}
+
+/// The namespace and object name of an instance, from the instance as the API shows it.
+fn names(s: &Session, i: &Value) -> (String, String) {
+    let ns = format!(
+        "podium-u-{}",
+        s.user_id.parse::<uuid::Uuid>().unwrap().simple()
+    );
+    (
+        ns,
+        podium::provisioner::objects::object_name(i["subdomain"].as_str().unwrap()),
+    )
+}
+
+fn kube(app: &TestApp) -> kube::Client {
+    app.state
+        .cluster
+        .as_ref()
+        .expect("a cluster")
+        .client()
+        .clone()
+}
+
+/// The Deployment's replica count in the (embedded) cluster, if it exists.
+async fn replicas(app: &TestApp, ns: &str, name: &str) -> Option<i32> {
+    Api::<Deployment>::namespaced(kube(app), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .map(|d| d.spec.unwrap().replicas.unwrap_or(1))
+}
+
+async fn pods(app: &TestApp, ns: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(kube(app), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
+/// Opens a socket and subscribes to status events (of one instance, or all the caller's).
+async fn status_events(app: &TestApp, s: &Session, protocol: &str, id: Option<&str>) -> Ws {
+    let mut ws = connect(app, protocol).await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", s.access) } })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    let start = if protocol == "graphql-ws" {
+        "start"
+    } else {
+        "subscribe"
+    };
+    send(&mut ws, json!({ "id": "1", "type": start, "payload": { "query": STATUS_EVENTS, "variables": { "id": id } } })).await;
+    wait_for_subscribers(app, 1).await;
+    ws
+}
+
+async fn wait_for_subscribers(app: &TestApp, n: usize) {
+    eventually("the subscriber listens", || async {
+        app.state.events.subscribers() >= n
+    })
+    .await;
+}
+
+/// Reads status events until one with `status`; returns every event read.
+async fn events_until(ws: &mut Ws, status: &str) -> Vec<Value> {
+    let mut seen = vec![];
+    loop {
+        let m = recv(ws).await;
+        let e = m["payload"]["data"]["instanceStatusChanged"].clone();
+        assert!(!e.is_null(), "not a status event: {m}");
+        seen.push(e.clone());
+        if e["status"] == status {
+            return seen;
+        }
+    }
+}
+
+fn statuses(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect()
+}
+
+/// Each event continues from the one before.
+fn assert_chained(events: &[Value], from: &str) {
+    let mut previous = from.to_string();
+    for e in events {
+        assert_eq!(e["previousStatus"], previous.as_str(), "{events:#?}");
+        previous = e["status"].as_str().unwrap().to_string();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscribing_brings_provisioning_then_running_over_a_websocket_and_stop_scales_to_zero() {
+    for protocol in ["graphql-transport-ws", "graphql-ws"] {
+        let app = spawn_app().await;
+        let admin = app.admin().await;
+        ready_node(&app, &admin, "node-a", 8).await;
+        let user = funded_user(&app, &admin, "watcher", "100000").await;
+        let mut ws = status_events(&app, &user, protocol, None).await;
+        let plan = plan_id(&app, "n8n", "Basic").await;
+        let r = subscribe(&app, &user, &plan, "flows").await.ok();
+        assert_eq!(r.str("subscribe.instance.status"), "PENDING");
+        let id = r.str("subscribe.instance.id");
+
+        let events = events_until(&mut ws, "RUNNING").await;
+        assert_eq!(
+            statuses(&events),
+            ["PROVISIONING", "RUNNING"],
+            "{protocol}: {events:#?}"
+        );
+        assert_chained(&events, "PENDING");
+        assert_eq!(events[1]["instance"]["id"], id.as_str());
+        assert!(
+            events[1]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("running at https://flows-"),
+            "{events:#?}"
+        );
+
+        // The same over HTTP, with the node it landed on.
+        let i = instance(&app, &user, &id).await;
+        assert_eq!(i["status"], "RUNNING");
+        assert_eq!(i["node"]["name"], "node-a");
+        let (ns, name) = names(&user, &i);
+        assert_eq!(replicas(&app, &ns, &name).await, Some(1));
+
+        let stopped = app
+            .gql(
+                Some(&user.access),
+                "mutation($id: ID!) { stopInstance(id: $id) { status desiredState } }",
+                json!({ "id": id }),
+            )
+            .await
+            .ok();
+        assert_eq!(stopped.str("stopInstance.desiredState"), "STOPPED");
+        let events = events_until(&mut ws, "STOPPED").await;
+        assert_chained(&events, "RUNNING");
+        assert_eq!(replicas(&app, &ns, &name).await, Some(0), "scaled to zero");
+        assert!(pods(&app, &ns).await.is_empty());
+        let claim = Api::<PersistentVolumeClaim>::namespaced(kube(&app), &ns)
+            .get_opt(&name)
+            .await
+            .unwrap();
+        assert!(claim.is_some(), "stopping keeps the data");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_and_restart_bring_it_back_with_a_fresh_pod() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    ready_node(&app, &admin, "node-a", 8).await;
+    let (user, _, id) = customer_with_instance(&app, &admin, "ghost", "Basic").await;
+    let i = wait_status(&app, &user, &id, "RUNNING").await;
+    let (ns, name) = names(&user, &i);
+    let first_pod = pods(&app, &ns).await[0].metadata.name.clone();
+
+    let op = |m: &'static str| {
+        let (app, user, id) = (&app, &user, id.clone());
+        async move {
+            app.gql(
+                Some(&user.access),
+                &format!("mutation($id: ID!) {{ {m}(id: $id) {{ status desiredState }} }}"),
+                json!({ "id": id }),
+            )
+            .await
+        }
+    };
+    let restarted = op("restartInstance").await.ok();
+    assert_eq!(restarted.str("restartInstance.status"), "RESTARTING");
+    wait_status(&app, &user, &id, "RUNNING").await;
+    let after = pods(&app, &ns).await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0].metadata.name, first_pod, "a new pod");
+    assert!(
+        after[0]
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt"))
+    );
+
+    op("stopInstance").await.ok();
+    wait_status(&app, &user, &id, "STOPPED").await;
+    assert_eq!(
+        op("restartInstance").await.code(),
+        "CONFLICT",
+        "a stopped instance is started, not restarted"
+    );
+    op("startInstance").await.ok();
+    wait_status(&app, &user, &id, "RUNNING").await;
+    assert_eq!(replicas(&app, &ns, &name).await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_looping_or_unpullable_image_ends_failed_with_a_readable_message() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    ready_node(&app, &admin, "node-a", 16).await;
+    for (slug, tag, expected) in [
+        ("ghost", "crashloop", "the app keeps crashing"),
+        ("gitea", "pullfail", "could not be pulled"),
+    ] {
+        let service = app
+            .gql(
+                None,
+                "query($s: String!) { service(slug: $s) { id } }",
+                json!({ "s": slug }),
+            )
+            .await
+            .ok()
+            .str("service.id");
+        app.gql(
+            Some(&admin.access),
+            "mutation($id: ID!, $image: String!) { updateService(id: $id, input: {dockerImage: $image}) { id } }",
+            json!({ "id": service, "image": format!("example/{slug}:{tag}") }),
+        )
+        .await
+        .ok();
+        let (user, _, id) = customer_with_instance(&app, &admin, slug, "Basic").await;
+        let failed = wait_status(&app, &user, &id, "FAILED").await;
+        let message = failed["statusMessage"].as_str().unwrap();
+        assert!(message.contains(expected), "{slug}: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_capacity_it_waits_pending_and_is_placed_once_a_node_is_added() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    // A node too small for the Pro plan (2000 millicores): nothing fits.
+    ready_node(&app, &admin, "tiny", 1).await;
+    let (user, _, id) = customer_with_instance(&app, &admin, "n8n", "Pro").await;
+    let mut ws = status_events(&app, &user, "graphql-transport-ws", Some(&id)).await;
+    eventually("the provisioner looked", || async {
+        instance(&app, &user, &id).await["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("waiting for room"))
+    })
+    .await;
+    let waiting = instance(&app, &user, &id).await;
+    assert_eq!(waiting["status"], "PENDING");
+    assert!(waiting["node"].is_null());
+
+    ready_node(&app, &admin, "roomy", 8).await;
+    let events = events_until(&mut ws, "RUNNING").await;
+    assert_chained(&events, "PENDING");
+    let placed = instance(&app, &user, &id).await;
+    assert_eq!(placed["node"]["name"], "roomy");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn billing_suspension_scales_to_zero_recovery_scales_back_and_expiry_removes_everything() {
+    use chrono::{DateTime, Duration as Days, Utc};
+    use podium::subscriptions::cycle::{run_dunning, run_renewals};
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    ready_node(&app, &admin, "node-a", 8).await;
+    let user = funded_user(&app, &admin, "debtor", "30000").await;
+    let plan = plan_id(&app, "ghost", "Basic").await;
+    let r = subscribe(&app, &user, &plan, "journal").await.ok();
+    let (sub, id) = (
+        r.str("subscribe.subscription.id"),
+        r.str("subscribe.instance.id"),
+    );
+    let i = wait_status(&app, &user, &id, "RUNNING").await;
+    let (ns, name) = names(&user, &i);
+    let end: DateTime<Utc> = app
+        .gql(
+            Some(&user.access),
+            "query($id: ID!) { serviceSubscription(id: $id) { currentPeriodEnd } }",
+            json!({ "id": sub }),
+        )
+        .await
+        .ok()
+        .str("serviceSubscription.currentPeriodEnd")
+        .parse()
+        .unwrap();
+    let tick = |t: DateTime<Utc>| {
+        let state = app.state.clone();
+        async move {
+            state.clock.advance_to(t);
+            run_renewals(&state).await.unwrap();
+            run_dunning(&state).await.unwrap();
+        }
+    };
+    tick(end + Days::minutes(1)).await;
+    tick(end + Days::days(7) + Days::minutes(2)).await;
+    let stopped = wait_status(&app, &user, &id, "STOPPED").await;
+    assert_eq!(stopped["desiredState"], "STOPPED");
+    assert_eq!(replicas(&app, &ns, &name).await, Some(0));
+    let refused = app
+        .gql(
+            Some(&user.access),
+            "mutation($id: ID!) { startInstance(id: $id) { status } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(refused.code(), "CONFLICT", "suspended: no starting it");
+
+    // A payment settles the debt: running again.
+    crate::billing::adjust(&app, &admin, &user.user_id, "30000")
+        .await
+        .ok();
+    wait_status(&app, &user, &id, "RUNNING").await;
+    assert_eq!(replicas(&app, &ns, &name).await, Some(1));
+
+    // Unpaid again, suspended, then expired after 30 days: everything removed.
+    let end2 = end + Days::days(31);
+    tick(end2 + Days::minutes(1)).await;
+    tick(end2 + Days::days(8)).await;
+    tick(end2 + Days::days(40)).await;
+    let gone = wait_status(&app, &user, &id, "TERMINATED").await;
+    assert_eq!(gone["desiredState"], "DELETED");
+    assert_eq!(replicas(&app, &ns, &name).await, None);
+    assert!(
+        Api::<Secret>::namespaced(kube(&app), &ns)
+            .get_opt(&name)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<PersistentVolumeClaim>::namespaced(kube(&app), &ns)
+            .get_opt(&name)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(pods(&app, &ns).await.is_empty());
+    assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn owners_and_administrators_operate_others_get_not_found_and_credentials_are_the_owners() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    ready_node(&app, &admin, "node-a", 8).await;
+    let (owner, _, id) = customer_with_instance(&app, &admin, "n8n", "Basic").await;
+    let (stranger, _) = app.register("stranger").await;
+    wait_status(&app, &owner, &id, "RUNNING").await;
+
+    for q in [
+        "query($id: ID!) { serviceInstance(id: $id) { id } }",
+        "query($id: ID!) { instanceLogs(id: $id) }",
+        "mutation($id: ID!) { stopInstance(id: $id) { id } }",
+        "mutation($id: ID!) { startInstance(id: $id) { id } }",
+        "mutation($id: ID!) { restartInstance(id: $id) { id } }",
+    ] {
+        let r = app
+            .gql(Some(&stranger.access), q, json!({ "id": id }))
+            .await;
+        assert_eq!(r.code(), "NOT_FOUND", "{q}");
+        let r = app.gql(None, q, json!({ "id": id })).await;
+        assert_eq!(r.code(), "UNAUTHENTICATED", "{q}");
+    }
+    let theirs = app
+        .gql(
+            Some(&stranger.access),
+            "{ myInstances { totalCount } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(theirs.data("myInstances.totalCount"), 0);
+
+    let creds = "query($id: ID!) { serviceInstance(id: $id) { credentials { name value } } }";
+    let mine = app
+        .gql(Some(&owner.access), creds, json!({ "id": id }))
+        .await
+        .ok();
+    let vars = mine.data("serviceInstance.credentials").as_array().unwrap();
+    let key = vars
+        .iter()
+        .find(|v| v["name"] == "N8N_ENCRYPTION_KEY")
+        .expect("the generated key");
+    assert_eq!(key["value"].as_str().unwrap().len(), 32);
+    assert_eq!(
+        app.gql(Some(&admin.access), creds, json!({ "id": id }))
+            .await
+            .code(),
+        "FORBIDDEN",
+        "not even administrators read a customer's passwords"
+    );
+
+    // An administrator may operate it (audited) and read its logs.
+    let logs = app
+        .gql(
+            Some(&admin.access),
+            "query($id: ID!) { instanceLogs(id: $id, tailLines: 50) }",
+            json!({ "id": id }),
+        )
+        .await
+        .ok();
+    assert!(!logs.str("instanceLogs").is_empty());
+    let bad = app
+        .gql(
+            Some(&owner.access),
+            "query($id: ID!) { instanceLogs(id: $id, tailLines: 0) }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(bad.code(), "BAD_USER_INPUT");
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { stopInstance(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    wait_status(&app, &owner, &id, "STOPPED").await;
+    let audit = app
+        .gql(
+            Some(&admin.access),
+            "{ auditLog(first: 20) { edges { node { action } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert!(audit.0.to_string().contains("instance.stop"));
+    // The key survives stop and start: re-applying never rotates a password.
+    app.gql(
+        Some(&owner.access),
+        "mutation($id: ID!) { startInstance(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    wait_status(&app, &owner, &id, "RUNNING").await;
+    let again = app
+        .gql(Some(&owner.access), creds, json!({ "id": id }))
+        .await
+        .ok();
+    assert_eq!(
+        again.data("serviceInstance.credentials"),
+        &Value::Array(vars.clone())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_lines_stream_live_and_stop_when_the_caller_loses_access() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    ready_node(&app, &admin, "node-a", 8).await;
+    let (owner, _, id) = customer_with_instance(&app, &admin, "uptime-kuma", "Basic").await;
+    wait_status(&app, &owner, &id, "RUNNING").await;
+    let mut ws = connect(&app, "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", owner.access) } })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe", "payload": {
+        "query": "subscription($id: ID!) { instanceLogLines(instanceId: $id, tailLines: 10) }",
+        "variables": { "id": id } } }),
+    )
+    .await;
+    let first = recv(&mut ws).await;
+    assert!(
+        first["payload"]["data"]["instanceLogLines"].is_string(),
+        "{first}"
+    );
+    // Deactivated: the stream (and the socket) end within moments.
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { updateUser(id: $id, input: {isActive: false}) { id } }",
+        json!({ "id": owner.user_id }),
+    )
+    .await
+    .ok();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures_util::StreamExt;
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return,
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "complete" || v["type"] == "error" {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the log stream kept going after deactivation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_a_node_moves_its_instances_with_a_warning() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let first = ready_node(&app, &admin, "node-a", 8).await;
+    let (owner, _, id) = customer_with_instance(&app, &admin, "n8n", "Basic").await;
+    assert_eq!(
+        wait_status(&app, &owner, &id, "RUNNING").await["node"]["name"],
+        "node-a"
+    );
+    ready_node(&app, &admin, "node-b", 4).await;
+    let drained = app
+        .gql(
+            Some(&admin.access),
+            "mutation($id: ID!) { drainWorkerNode(id: $id) { isSchedulable } }",
+            json!({ "id": first }),
+        )
+        .await
+        .ok();
+    assert_eq!(drained.data("drainWorkerNode.isSchedulable"), false);
+    let moved = wait_status(&app, &owner, &id, "RUNNING").await;
+    assert_eq!(moved["node"]["name"], "node-b");
+    let (ns, _) = names(&owner, &moved);
+    let pod = &pods(&app, &ns).await[0];
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("node-b")
+    );
+    let audit = app
+        .gql(
+            Some(&admin.access),
+            "{ auditLog(first: 20) { edges { node { action } } } }",
+            json!({}),
+        )
+        .await
+        .ok();
+    assert!(audit.0.to_string().contains("node.drain"));
+    assert_eq!(
+        app.gql(
+            Some(&owner.access),
+            "mutation($id: ID!) { drainWorkerNode(id: $id) { id } }",
+            json!({ "id": first })
+        )
+        .await
+        .code(),
+        "FORBIDDEN"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_changes_reach_a_subscriber_on_another_replica() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    ready_node(&app, &admin, "node-a", 8).await;
+    let url = app
+        .state
+        .cluster
+        .as_ref()
+        .unwrap()
+        .simulated_url()
+        .unwrap()
+        .to_string();
+    // The second replica shares the database and the cluster and runs no jobs: the
+    // provisioning is the first's, the subscriber the second's.
+    let other = spawn_app_on(
+        &app.database_url,
+        &[
+            ("PODIUM_KUBE_API_URL", &url),
+            ("PODIUM_JOBS_ENABLED", "false"),
+        ],
+    )
+    .await;
+    let user = funded_user(&app, &admin, "far", "100000").await;
+    let mut ws = status_events(&other, &user, "graphql-transport-ws", None).await;
+    let plan = plan_id(&app, "n8n", "Basic").await;
+    subscribe(&app, &user, &plan, "remote").await.ok();
+    let events = events_until(&mut ws, "RUNNING").await;
+    assert_chained(&events, "PENDING");
+}
