@@ -19,6 +19,7 @@ use crate::auth::{new_opaque_token, token_hash};
 use crate::config::Settings;
 use crate::startup::Application;
 
+pub mod fanout;
 pub mod renewals;
 
 pub struct HeartbeatBench {

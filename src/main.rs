@@ -105,6 +105,19 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// N WebSocket subscribers of one instance's status on one server (a child process):
+    /// delivery latency from commit to every subscriber and the server's memory; then
+    /// instances provisioned per second against the embedded Kubernetes stand-in.
+    Fanout {
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Status changes measured (each delivered to every subscriber).
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+        /// Instances provisioned through the adapter against the stand-in.
+        #[arg(long, default_value_t = 500)]
+        instances: usize,
+    },
     /// One run of the renewal job over N subscriptions whose period just ended, on a
     /// scratch database: renewals per second and the batch's total time.
     Renewals {
@@ -283,6 +296,43 @@ fn main() -> anyhow::Result<()> {
                     println!(
                         "  billing verify {} mismatches ({:.1} s)",
                         r.mismatches, r.verify_seconds
+                    );
+                    Ok(())
+                }
+                Command::Bench(Bench::Fanout {
+                    subscribers,
+                    changes,
+                    instances,
+                }) => {
+                    println!(
+                        "fan-out benchmark: {subscribers} WebSocket subscribers of one instance, {changes} status changes, {} CPU(s), {} build",
+                        std::thread::available_parallelism().map_or(1, |n| n.get()),
+                        if cfg!(debug_assertions) { "debug" } else { "release" }
+                    );
+                    let bench = podium::bench::fanout::FanoutBench {
+                        subscribers,
+                        changes,
+                        instances,
+                    };
+                    let r = podium::bench::fanout::fanout(settings, bench).await?;
+                    println!("  subscribed    {subscribers} sockets listening after {:.1} s", r.subscribed_seconds);
+                    println!(
+                        "  delivered     {} events ({} missing)",
+                        r.deliveries, r.missing
+                    );
+                    println!(
+                        "  latency       p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (commit to subscriber; target p99 < 100 ms)",
+                        r.p50_ms, r.p99_ms, r.max_ms
+                    );
+                    println!(
+                        "  server memory {:.0} MB before the sockets, {:.0} MB with them, peak {:.0} MB (target < 300 MB)",
+                        r.rss_before_mb, r.rss_subscribed_mb, r.rss_peak_mb
+                    );
+                    println!(
+                        "  provisioning  {} instances in {:.2} s against the embedded stand-in: {:.0} instances/s",
+                        r.provisioned,
+                        r.provision_seconds,
+                        r.provisioned as f64 / r.provision_seconds.max(1e-9)
                     );
                     Ok(())
                 }

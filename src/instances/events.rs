@@ -1,6 +1,7 @@
 //! Instance status events, through the event outbox (provisioning writes many). Each
-//! carries the transition; subscribers read the instance itself through the service, as
-//! they may see it now.
+//! carries the transition and the instance as it committed: one status change may go to
+//! thousands of subscribers, who then need no query each (only their own identity, from
+//! memory, is judged again).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ pub struct InstanceStatusChanged {
     pub status: InstanceStatus,
     pub message: Option<String>,
     pub at: DateTime<Utc>,
+    pub instance: ServiceInstance,
 }
 
 /// Queues the event of a transition (delivered once the transaction commits).
@@ -38,6 +40,7 @@ pub async fn status_changed(
             status: now.status,
             message: now.status_message.clone(),
             at: now.updated_at,
+            instance: now.clone(),
         },
     )
     .await

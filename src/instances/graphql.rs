@@ -90,15 +90,14 @@ pub struct InstanceSetting {
 
 /// One status transition of an instance.
 pub struct InstanceStatusEvent {
-    instance: ServiceInstance,
     event: InstanceStatusChanged,
 }
 
 #[Object]
 impl InstanceStatusEvent {
-    /// The instance as it is now.
+    /// The instance as this change left it.
     async fn instance(&self) -> &ServiceInstance {
-        &self.instance
+        &self.event.instance
     }
     async fn previous_status(&self) -> InstanceStatus {
         self.event.previous_status
@@ -213,7 +212,7 @@ impl InstancesSubscription {
         Ok(crate::graphql::live(
             ctx,
             TOPIC,
-            move |state, identity, event: InstanceStatusChanged| async move {
+            move |_state, identity, event: InstanceStatusChanged| async move {
                 let wanted = match only {
                     Some(id) => id == event.instance_id,
                     None => identity.actor()?.user_id == event.user_id,
@@ -221,8 +220,7 @@ impl InstancesSubscription {
                 if !wanted || !service::may_see(&identity, event.user_id) {
                     return Ok(None);
                 }
-                let instance = service::get(&state, &identity, event.instance_id).await?;
-                Ok(Some(InstanceStatusEvent { instance, event }))
+                Ok(Some(InstanceStatusEvent { event }))
             },
         )?)
     }

@@ -36,6 +36,8 @@ impl EmbeddedCluster {
         kube::Config::new(self.url.parse().expect("a URL"))
     }
 
+    pub async fn stop(self) {}
+
     pub async fn add_node(&self, _node: SimNode) -> kube::Result<()> {
         Ok(())
     }
