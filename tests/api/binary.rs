@@ -933,3 +933,78 @@ async fn a_failed_embedded_start_stops_the_postgres_it_started() {
     );
     assert_no_cluster_left(&data);
 }
+
+/// The status of an instance, read from the database.
+async fn instance_status(conn: &mut diesel_async::AsyncPgConnection, id: &str) -> String {
+    use podium::db::schema::service_instances as i;
+    i::table
+        .find(id.parse::<uuid::Uuid>().unwrap())
+        .select(i::status)
+        .first(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn podium_killed_while_provisioning_finishes_the_work_after_a_restart() {
+    use diesel_async::AsyncConnection;
+    let url = fresh_database(true).await;
+    // A customer subscribed; the provisioning job waits in the queue.
+    let setup = spawn_app_on(&url, &[("PODIUM_JOBS_ENABLED", "false")]).await;
+    let admin = setup.admin().await;
+    crate::instances::ready_node(&setup, &admin, "node-a", 8).await;
+    let (_, _, id) = crate::instances::customer_with_instance(&setup, &admin, "n8n", "Basic").await;
+    drop(setup);
+    let mut conn = diesel_async::AsyncPgConnection::establish(&url)
+        .await
+        .unwrap();
+    assert_eq!(instance_status(&mut conn, &id).await, "PENDING");
+
+    let dir = TempDir::new(0o755);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data_dir = dir.0.join("unused-data");
+    let run = |delay_ms: &'static str, log: &Path| {
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("PODIUM_JWT_SECRET", JWT_SECRET),
+            ("PODIUM_LISTEN", listen.as_str()),
+            ("PODIUM_DATA_DIR", data_dir.to_str().unwrap()),
+            ("PODIUM_KUBE_MODE", "embedded"),
+            ("PODIUM_EMBEDDED_KUBE_START_DELAY_MS", delay_ms),
+            ("PODIUM_INSTANCE_RESYNC_CRON", "* * * * * *"),
+            ("PODIUM_JOB_POLL_MS", "50"),
+        ];
+        KillOnDrop(podium_with(&[], &env, log))
+    };
+    // Its containers never start in time: killed in the middle of provisioning.
+    let log = dir.0.join("first.log");
+    let mut server = run("600000", &log);
+    wait_ready(&reqwest::Client::new(), port, &mut server.0, &log).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while instance_status(&mut conn, &id).await != "PROVISIONING" {
+        assert!(
+            Instant::now() < deadline,
+            "never provisioning: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGKILL) };
+    server.0.wait().unwrap();
+
+    // Started again (its embedded cluster empty, like a cluster that lost the objects):
+    // the work resumes from the database and ends RUNNING.
+    let log = dir.0.join("second.log");
+    let mut server = run("100", &log);
+    wait_ready(&reqwest::Client::new(), port, &mut server.0, &log).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while instance_status(&mut conn, &id).await != "RUNNING" {
+        assert!(
+            Instant::now() < deadline,
+            "not RUNNING after the restart: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

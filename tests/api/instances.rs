@@ -668,3 +668,75 @@ async fn status_changes_reach_a_subscriber_on_another_replica() {
     let events = events_until(&mut ws, "RUNNING").await;
     assert_chained(&events, "PENDING");
 }
+
+/// Against a real cluster, opt-in: `PODIUM_KUBE_E2E=1 KUBECONFIG=... ./scripts/test
+/// real_cluster`. Its Nodes are mirrored into worker nodes; an Uptime Kuma instance is
+/// subscribed to, runs, is stopped, started and deleted; its namespace is removed after.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_cluster_subscribe_run_stop_start_delete() {
+    if std::env::var("PODIUM_KUBE_E2E").as_deref() != Ok("1") {
+        eprintln!("skipped: set PODIUM_KUBE_E2E=1 and KUBECONFIG to run against a real cluster");
+        return;
+    }
+    let app = spawn_app_with(&[
+        ("PODIUM_KUBE_MODE", "cluster"),
+        ("PODIUM_HEARTBEAT_INTERVAL_SECS", "2"),
+    ])
+    .await;
+    let admin = app.admin().await;
+    eventually_within(
+        "the cluster's nodes are mirrored",
+        Duration::from_secs(60),
+        || async {
+            app.gql(
+                Some(&admin.access),
+                "{ workerNodes(status: ACTIVE) { totalCount } }",
+                json!({}),
+            )
+            .await
+            .ok()
+            .data("workerNodes.totalCount")
+            .as_i64()
+            .unwrap_or(0)
+                > 0
+        },
+    )
+    .await;
+    let (user, sub, id) = customer_with_instance(&app, &admin, "uptime-kuma", "Basic").await;
+    let deadline = Duration::from_secs(600);
+    let wait = |status: &'static str| {
+        let (app, user, id) = (&app, &user, id.clone());
+        eventually_within(status, deadline, move || {
+            let id = id.clone();
+            async move { instance(app, user, &id).await["status"] == status }
+        })
+    };
+    wait("RUNNING").await;
+    let op = |m: &str| {
+        let query = format!("mutation($id: ID!) {{ {m}(id: $id) {{ id }} }}");
+        let (app, user, id) = (&app, &user, id.clone());
+        async move {
+            app.gql(Some(&user.access), &query, json!({ "id": id }))
+                .await
+        }
+    };
+    op("stopInstance").await.ok();
+    wait("STOPPED").await;
+    op("startInstance").await.ok();
+    wait("RUNNING").await;
+    app.gql(
+        Some(&user.access),
+        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+        json!({ "id": sub }),
+    )
+    .await
+    .ok();
+    wait("TERMINATED").await;
+    let ns = format!(
+        "podium-u-{}",
+        user.user_id.parse::<uuid::Uuid>().unwrap().simple()
+    );
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(kube(&app))
+        .delete(&ns, &Default::default())
+        .await;
+}
