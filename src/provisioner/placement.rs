@@ -24,6 +24,7 @@ pub struct Placed {
 }
 
 /// Places the instance if it is still unplaced and a node fits; `None` when none does.
+/// An instance another pass placed meanwhile keeps that node.
 pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option<Placed>> {
     let mut conn = state.pool.get().await?;
     let placed = conn
@@ -32,6 +33,18 @@ pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option
                 .bind::<diesel::sql_types::BigInt, _>(PLACEMENT_LOCK)
                 .execute(conn)
                 .await?;
+            let already = diesel::sql_query(
+                "SELECT n.id AS node_id, n.name AS node_name
+                 FROM service_instances i JOIN worker_nodes n ON n.id = i.node_id
+                 WHERE i.id = $1",
+            )
+            .bind::<SqlUuid, _>(instance_id)
+            .get_result::<Placed>(conn)
+            .await
+            .optional()?;
+            if already.is_some() {
+                return Ok(already);
+            }
             diesel::sql_query(
                 "WITH need AS (
                      SELECT p.cpu_milli, p.memory_mb, p.storage_gb
