@@ -802,3 +802,79 @@ async fn embedded_cluster_stores_every_kind_the_adapter_writes_and_answers_error
     }
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn embedded_cluster_scale_subresource_and_cordoned_nodes() {
+    let (cluster, client) = cluster(&["node-a"]).await;
+    apply_deployment(&client, &deployment("db", "postgres:16", "node-a", 1)).await;
+    running_pod(&client, "db").await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), NS);
+    let scale = deployments.get_scale("db").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(1));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=db"));
+    let zero = Patch::Merge(json!({ "spec": { "replicas": 0 } }));
+    deployments
+        .patch_scale("db", &PatchParams::default(), &zero)
+        .await
+        .unwrap();
+    eventually("no pods after scaling to 0", || async {
+        pods_of(&client, "db").await.is_empty().then_some(())
+    })
+    .await;
+
+    // A cordoned node takes no new pods (and carries the unschedulable taint).
+    let nodes = Api::<Node>::all(client.clone());
+    let cordon = |on: bool| Patch::Merge(json!({ "spec": { "unschedulable": on } }));
+    nodes
+        .patch("node-a", &PatchParams::default(), &cordon(true))
+        .await
+        .unwrap();
+    eventually("the unschedulable taint", || async {
+        let taints = nodes.get("node-a").await.ok()?.spec?.taints?;
+        taints
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unschedulable" && t.effect == "NoSchedule")
+            .then_some(())
+    })
+    .await;
+    let one = Patch::Merge(json!({ "spec": { "replicas": 1 } }));
+    deployments
+        .patch_scale("db", &PatchParams::default(), &one)
+        .await
+        .unwrap();
+    let message = eventually("an Unschedulable pod on the cordoned node", || async {
+        let pods = pods_of(&client, "db").await;
+        let c = pods
+            .first()?
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "PodScheduled")?
+            .clone();
+        (c.status == "False").then(|| c.message.unwrap_or_default())
+    })
+    .await;
+    assert!(
+        message.contains("1 node(s) were unschedulable"),
+        "{message}"
+    );
+    nodes
+        .patch("node-a", &PatchParams::default(), &cordon(false))
+        .await
+        .unwrap();
+    running_pod(&client, "db").await;
+    assert!(
+        nodes
+            .get("node-a")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .taints
+            .unwrap_or_default()
+            .is_empty()
+    );
+    cluster.stop().await;
+}

@@ -273,6 +273,7 @@ impl Kubelet {
     async fn run_nodes(&mut self) -> Vec<Value> {
         let mut nodes = self.store.list(&path(NODES)).await;
         for node in &mut nodes {
+            self.cordon_taint(node).await;
             let ours = node["status"]["nodeInfo"]["kubeletVersion"] == KUBELET_VERSION;
             if ours {
                 continue;
@@ -319,6 +320,38 @@ impl Kubelet {
             node["status"] = status;
         }
         nodes
+    }
+
+    /// A cordoned node carries the unschedulable taint, as the node controller puts it.
+    async fn cordon_taint(&self, node: &mut Value) {
+        const KEY: &str = "node.kubernetes.io/unschedulable";
+        let cordoned = node["spec"]["unschedulable"] == true;
+        let taints: Vec<Value> = node["spec"]["taints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let has = taints.iter().any(|t| t["key"] == KEY);
+        if cordoned == has {
+            return;
+        }
+        let mut taints: Vec<Value> = taints.into_iter().filter(|t| t["key"] != KEY).collect();
+        if cordoned {
+            taints.push(json!({ "key": KEY, "effect": "NoSchedule", "timeAdded": now_ts() }));
+        }
+        let body = json!({ "spec": { "taints": if taints.is_empty() { Value::Null } else { json!(taints) } } });
+        let r = self
+            .store
+            .mutate(
+                "PATCH",
+                &Self::object_path(NODES, node),
+                "",
+                Some(MERGE_PATCH),
+                body.to_string().as_bytes(),
+            )
+            .await;
+        if r.is_success() {
+            *node = r.body;
+        }
     }
 
     async fn activate_namespaces_and_claims(&self) {

@@ -10,13 +10,13 @@ use actix_web::dev::Server;
 use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, http::StatusCode};
 use futures_util::stream;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::apipath::{ApiPath, query_get, query_pairs};
 use super::logs::LogLine;
-use super::store::{Reply, Store};
+use super::store::{MERGE_PATCH, Reply, Store};
 use super::watch::{self, Filter, TooOld, WatchStream};
 
 /// A watch without timeoutSeconds ends after this long (kube-apiserver's default range).
@@ -68,6 +68,9 @@ async fn handle(req: HttpRequest, body: Bytes, store: web::Data<Store>) -> HttpR
             "the server could not find the requested resource",
         ));
     };
+    if path.resource == "deployments" && path.subresource.as_deref() == Some("scale") {
+        return reply(scale(&store, &method, &path, &body).await);
+    }
     match method.as_str() {
         "GET" => {
             match path.subresource.as_deref() {
@@ -101,6 +104,76 @@ async fn handle(req: HttpRequest, body: Bytes, store: web::Data<Store>) -> HttpR
             format!("{method} is not supported"),
         )),
     }
+}
+
+/// The `scale` subresource of a Deployment (what `Api::patch_scale` and `kubectl scale` use):
+/// an autoscaling/v1 Scale read from, and written to, the Deployment's replicas.
+async fn scale(store: &Store, method: &str, path: &ApiPath, body: &[u8]) -> Reply {
+    let deployment = ApiPath {
+        subresource: None,
+        ..path.clone()
+    };
+    match method {
+        "GET" => {}
+        "PUT" | "PATCH" => {
+            let Ok(v) = serde_json::from_slice::<Value>(body) else {
+                return Reply::error(400, "BadRequest", "the body is not JSON");
+            };
+            // A Scale (replace, merge or apply) or a JSON patch of /spec/replicas.
+            let replicas = v["spec"]["replicas"].as_i64().or_else(|| {
+                v.as_array()?
+                    .iter()
+                    .find(|op| op["path"] == "/spec/replicas")?["value"]
+                    .as_i64()
+            });
+            let Some(replicas) = replicas.filter(|r| *r >= 0) else {
+                return Reply::error(
+                    422,
+                    "Invalid",
+                    "Scale is invalid: spec.replicas: Required value",
+                );
+            };
+            let patch = json!({ "spec": { "replicas": replicas } }).to_string();
+            let r = store
+                .mutate(
+                    "PATCH",
+                    &deployment,
+                    "",
+                    Some(MERGE_PATCH),
+                    patch.as_bytes(),
+                )
+                .await;
+            if !r.is_success() {
+                return r;
+            }
+        }
+        _ => {
+            return Reply::error(
+                405,
+                "MethodNotAllowed",
+                format!("{method} is not allowed on scale"),
+            );
+        }
+    }
+    let d = store.get(&deployment, "").await;
+    if !d.is_success() {
+        return d;
+    }
+    let d = d.body;
+    let selector: Vec<String> = d["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let m = &d["metadata"];
+    Reply::ok(json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": { "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
+                      "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"] },
+        "spec": { "replicas": d["spec"]["replicas"].as_i64().unwrap_or(1) },
+        "status": { "replicas": d["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector.join(",") },
+    }))
 }
 
 async fn watch(store: &Store, path: &ApiPath, pairs: &[(String, String)]) -> HttpResponse {
