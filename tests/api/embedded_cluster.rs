@@ -364,6 +364,25 @@ async fn embedded_cluster_a_restarted_at_annotation_replaces_the_pod() {
         annotations["kubectl.kubernetes.io/restartedAt"],
         "2026-11-22T19:00:00Z"
     );
+
+    // Applying without the annotation removes it, as server-side apply does with fields
+    // its manager no longer sets (and the template change replaces the pod again).
+    let second = second.metadata.name.unwrap();
+    let applied = apply_deployment(&client, &deployment("web", "nginx:1.27", "node-a", 1)).await;
+    let template = applied.spec.unwrap().template.metadata.unwrap_or_default();
+    assert!(
+        !template
+            .annotations
+            .unwrap_or_default()
+            .contains_key("kubectl.kubernetes.io/restartedAt"),
+        "the dropped annotation is gone"
+    );
+    eventually("a third pod", || async {
+        let pods = pods_of(&client, "web").await;
+        (pods.len() == 1 && pods[0].metadata.name.as_deref() != Some(&second) && ready(&pods[0]))
+            .then_some(())
+    })
+    .await;
     cluster.stop().await;
 }
 

@@ -5,7 +5,8 @@
 //! pods of Deployments. A kube client reaches it over HTTP like any cluster:
 //! `kube::Client::try_from(cluster.client_config())`.
 //!
-//! Modules: `apipath` (paths), `store` (the fake store and what is added on top), `watch`
+//! Modules: `apipath` (paths), `store` (the fake store and what is added on top), `ssa`
+//! (fields a manager stops applying are removed), `watch`
 //! (events, history, selectors), `server` (HTTP), `kubelet` + `pods` + `sched` (the
 //! simulated node agent, pod lives, scheduling), `logs` (container logs).
 
@@ -15,6 +16,7 @@ mod logs;
 mod pods;
 mod sched;
 mod server;
+mod ssa;
 mod store;
 mod watch;
 

@@ -22,6 +22,7 @@ use tokio::sync::{Notify, RwLock};
 
 use super::apipath::{ApiPath, NAMESPACE_ALIAS, query_get, query_pairs};
 use super::logs::LogStore;
+use super::ssa;
 use super::watch::{Event, EventLog, EventType, Filter};
 
 pub const MERGE_PATCH: &str = "application/merge-patch+json";
@@ -288,6 +289,9 @@ impl Store {
             Ok(v) => v,
             Err(e) => return Reply::error(400, "BadRequest", format!("the body is not JSON: {e}")),
         };
+        let is_apply = content_type.is_some_and(|c| c.starts_with(APPLY_PATCH));
+        // Fields this apply stops owning: removed after it (the fake only merges).
+        let mut dropped = Vec::new();
         let _write = self.lock.write().await;
         let kind = match method {
             "POST" if path.name.is_none() => {
@@ -300,13 +304,18 @@ impl Store {
             "PATCH" if path.name.is_some() => {
                 let existing = self.raw("GET", &path.store_path(), None, Vec::new()).await;
                 if existing.is_success() {
-                    if let Some(same) = no_op(&existing.body, &object, content_type, query) {
+                    if is_apply && path.subresource.is_none() {
+                        let pairs = query_pairs(query);
+                        let manager = query_get(&pairs, "fieldManager").unwrap_or("");
+                        dropped = ssa::dropped_fields(&existing.body, &object, manager);
+                    }
+                    if dropped.is_empty()
+                        && let Some(same) = no_op(&existing.body, &object, content_type, query)
+                    {
                         return Reply::ok(same);
                     }
                     EventType::Modified
-                } else if content_type.is_some_and(|c| c.starts_with(APPLY_PATCH))
-                    && path.subresource.is_none()
-                {
+                } else if is_apply && path.subresource.is_none() {
                     // Server-side apply creates: the same checks as a POST.
                     let mut probe = object.clone();
                     probe["metadata"]["name"] = json!(path.name);
@@ -327,11 +336,19 @@ impl Store {
             }
         };
         let body = serde_json::to_vec(&object).unwrap_or_default();
-        let reply = self
+        let mut reply = self
             .raw(method, &Self::with_query(path, query), content_type, body)
             .await;
+        if reply.is_success() && !dropped.is_empty() {
+            let removal = ssa::removal_patch(&dropped).to_string().into_bytes();
+            let removed = self
+                .raw("PATCH", &path.store_path(), Some(MERGE_PATCH), removal)
+                .await;
+            if removed.is_success() {
+                reply = removed;
+            }
+        }
         if reply.is_success() {
-            let mut reply = reply;
             if kind == EventType::Added {
                 reply.status = 201;
                 self.collections
@@ -704,6 +721,36 @@ mod tests {
         merge_patch(&mut patched, &diff);
         assert_eq!(patched, new);
         assert_eq!(merge_diff(&new, &new), None);
+    }
+
+    #[tokio::test]
+    async fn namespaces_are_stored_under_an_alias_the_fake_can_parse() {
+        let store = Store::new().await.unwrap();
+        let ns = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "a" } });
+        let body = || ns.to_string().into_bytes();
+        // The fake's own path parser rejects Namespace paths.
+        let direct = store
+            .raw(
+                "POST",
+                "/api/v1/namespaces",
+                Some("application/json"),
+                body(),
+            )
+            .await;
+        assert_eq!(direct.status, 404, "{direct:?}");
+        let alias = format!("/api/v1/{NAMESPACE_ALIAS}");
+        let created = store
+            .raw("POST", &alias, Some("application/json"), body())
+            .await;
+        assert!(created.is_success(), "{created:?}");
+        let got = store
+            .get(&ApiPath::parse("/api/v1/namespaces/a").unwrap(), "")
+            .await;
+        assert_eq!(got.body["kind"], "Namespace", "{got:?}");
+        let list = store
+            .get(&ApiPath::parse("/api/v1/namespaces").unwrap(), "")
+            .await;
+        assert_eq!(list.body["items"][0]["metadata"]["name"], "a", "{list:?}");
     }
 
     #[test]
