@@ -231,13 +231,22 @@ impl Cluster {
         &self,
         worker: &crate::nodes::model::WorkerNode,
     ) -> kube::Result<()> {
-        let Some(embedded) = &self.simulated else {
+        if self.simulated.is_none() || self.nodes().get_opt(&worker.name).await?.is_some() {
             return Ok(());
-        };
-        if self.nodes().get_opt(&worker.name).await?.is_none() {
-            embedded.add_node(super::sim_node(worker)).await?;
         }
-        Ok(())
+        let node: Node = serde_json::from_value(super::embedded::node_object(&super::sim_node(
+            worker,
+        )))
+        .expect("a Node");
+        match self
+            .nodes()
+            .create(&kube::api::PostParams::default(), &node)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn nodes(&self) -> Api<Node> {

@@ -34,6 +34,7 @@ pub async fn connect(settings: &Settings, nodes: &[WorkerNode]) -> anyhow::Resul
         storage_class: kube.storage_class.clone(),
         ingress_namespace: kube.ingress_namespace.clone(),
     };
+    embedded::install_crypto_provider();
     match &kube.target {
         KubeTarget::Embedded => {
             let embedded = EmbeddedCluster::start(EmbeddedConfig {
@@ -43,11 +44,8 @@ pub async fn connect(settings: &Settings, nodes: &[WorkerNode]) -> anyhow::Resul
             .await
             .context("starting the embedded Kubernetes cluster")?;
             tracing::warn!(
-                url = embedded.url(),
-                nodes = nodes.len(),
-                "the Kubernetes cluster is SIMULATED: instances run in Podium's embedded \
-                 stand-in, not on real nodes (set KUBECONFIG, or run inside a cluster, for a \
-                 real one)"
+                "instances run in the SIMULATED cluster, not on real nodes: set KUBECONFIG (or \
+                 run Podium inside a cluster) for a real one"
             );
             let client = kube::Client::try_from(embedded.client_config())?;
             Ok(Cluster::simulated(client, options, embedded))

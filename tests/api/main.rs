@@ -7,6 +7,7 @@ mod binary;
 mod caching;
 mod catalog;
 mod cost;
+mod embedded_cluster;
 mod helpers;
 mod infra;
 mod instances;
