@@ -364,8 +364,8 @@ async fn billing_suspension_scales_to_zero_recovery_scales_back_and_expiry_remov
     );
     let i = wait_status(&app, &user, &id, "RUNNING").await;
     let (ns, name) = names(&user, &i);
-    let end: DateTime<Utc> = app
-        .gql(
+    let period_end = || async {
+        app.gql(
             Some(&user.access),
             "query($id: ID!) { serviceSubscription(id: $id) { currentPeriodEnd } }",
             json!({ "id": sub }),
@@ -373,8 +373,10 @@ async fn billing_suspension_scales_to_zero_recovery_scales_back_and_expiry_remov
         .await
         .ok()
         .str("serviceSubscription.currentPeriodEnd")
-        .parse()
-        .unwrap();
+        .parse::<DateTime<Utc>>()
+        .unwrap()
+    };
+    let end = period_end().await;
     let tick = |t: DateTime<Utc>| {
         let state = app.state.clone();
         async move {
@@ -405,10 +407,11 @@ async fn billing_suspension_scales_to_zero_recovery_scales_back_and_expiry_remov
     assert_eq!(replicas(&app, &ns, &name).await, Some(1));
 
     // Unpaid again, suspended, then expired after 30 days: everything removed.
-    let end2 = end + Days::days(31);
-    tick(end2 + Days::minutes(1)).await;
-    tick(end2 + Days::days(8)).await;
-    tick(end2 + Days::days(40)).await;
+    let end = period_end().await;
+    tick(end + Days::minutes(1)).await;
+    tick(end + Days::days(7) + Days::minutes(2)).await;
+    wait_status(&app, &user, &id, "STOPPED").await;
+    tick(end + Days::days(37) + Days::minutes(3)).await;
     let gone = wait_status(&app, &user, &id, "TERMINATED").await;
     assert_eq!(gone["desiredState"], "DELETED");
     assert_eq!(replicas(&app, &ns, &name).await, None);
