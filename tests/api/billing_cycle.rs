@@ -888,9 +888,16 @@ async fn live_subscription_events_show_nested_data_as_it_is_now() {
     )
     .await
     .ok();
-    let second = recv(&mut ws).await;
-    let changed = &second["payload"]["data"]["serviceSubscriptionChanged"];
-    assert_eq!(changed["status"], "SUSPENDED");
+    // The subscribe's own event may still be on its way (the outbox is tailed
+    // asynchronously): read on to the suspension.
+    let changed = loop {
+        let next = recv(&mut ws).await;
+        let changed = next["payload"]["data"]["serviceSubscriptionChanged"].clone();
+        if changed["status"] == "SUSPENDED" {
+            break changed;
+        }
+        assert_eq!(changed["instance"]["desiredState"], "RUNNING", "{next}");
+    };
     assert_eq!(
         changed["instance"]["desiredState"], "STOPPED",
         "not the first event's cached instance"
