@@ -483,6 +483,9 @@ async fn serve(settings: Settings, embedded: Option<&EmbeddedPostgres>) -> anyho
             let report =
                 seed::run(&app.state().pool, &app.state().settings.default_currency).await?;
             std::fs::write(&marker, "demo data loaded\n")?;
+            podium::provisioner::simulate_known_nodes(app.state())
+                .await
+                .map_err(podium::error::AppError::into_anyhow)?;
             println!(
                 "\nPodium demo data loaded (first start of the embedded default). {}",
                 seed::banner(&report, true)

@@ -35,6 +35,8 @@ pub struct Application {
 impl Application {
     /// Migrates the database and binds the listener (`PODIUM_LISTEN`; port 0 picks a free one).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Before any TLS client (Stripe's, kube's) is made: see `install_crypto_provider`.
+        crate::provisioner::embedded::install_crypto_provider();
         let url = settings
             .database_url
             .clone()

@@ -113,6 +113,7 @@ async fn run(settings: Settings, url: &str, bench: &FanoutBench) -> anyhow::Resu
         .parse()?;
     let instance_id = seed_instance(&pool, user_id).await?;
     let rss_before_mb = rss_mb(pid, "VmRSS");
+    let baseline = live_subscribers(&http, &base).await?;
 
     // The subscribers, each reporting (change number, arrival time).
     let started = Instant::now();
@@ -128,6 +129,14 @@ async fn run(settings: Settings, url: &str, bench: &FanoutBench) -> anyhow::Resu
         tasks.push(s?);
     }
     drop(arrivals);
+    // Every socket's subscription is running on the server.
+    while live_subscribers(&http, &base).await? < baseline + bench.subscribers as u64 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the subscriptions did not all start within 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Change 0 warms up: once every subscriber has it, all are listening.
     let mut conn = pool.get().await?;
@@ -140,9 +149,12 @@ async fn run(settings: Settings, url: &str, bench: &FanoutBench) -> anyhow::Resu
         } else {
             InstanceStatus::Running
         };
+        let mut attempt = 0;
         let committed = loop {
             let sent = Instant::now();
-            change(&mut conn, instance_id, status, &format!("bench {k}")).await?;
+            attempt += 1;
+            // A repeated warm-up must still be a change (a new message), or no event comes.
+            change(&mut conn, instance_id, status, &format!("bench {k} {attempt}")).await?;
             if k > 0 {
                 break sent;
             }
@@ -305,12 +317,26 @@ async fn subscriber(
             if let Some(k) = v["payload"]["data"]["instanceStatusChanged"]["message"]
                 .as_str()
                 .and_then(|m| m.strip_prefix("bench "))
-                .and_then(|k| k.parse().ok())
+                .and_then(|m| m.split(' ').next()?.parse().ok())
             {
                 let _ = arrivals.send((k, at));
             }
         }
     }))
+}
+
+/// The server's `podium_live_subscribers` gauge.
+async fn live_subscribers(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("podium_live_subscribers "))
+        .and_then(|n| n.parse().ok())
+        .context("no podium_live_subscribers in /metrics")
 }
 
 /// The server's resident memory from /proc, in MB.

@@ -105,6 +105,12 @@ pub async fn metrics(state: web::Data<AppState>, req: actix_web::HttpRequest) ->
         "1 while the LISTEN connection for live events is up.",
         state.events.is_listening() as u64,
     );
+    metric(
+        "podium_live_subscribers",
+        "gauge",
+        "Receivers of this replica's live events (GraphQL subscriptions and background tasks).",
+        state.events.subscribers() as u64,
+    );
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)

@@ -68,6 +68,20 @@ pub async fn connect(settings: &Settings, nodes: &[WorkerNode]) -> anyhow::Resul
     }
 }
 
+/// In the embedded cluster, runs a simulated Node for every worker node Podium knows (the
+/// demo nodes seeded after the cluster started, on the first start of the embedded
+/// default), then syncs them back at once so that they are ready for placement.
+pub async fn simulate_known_nodes(state: &crate::state::AppState) -> crate::error::AppResult<()> {
+    let Some(cluster) = state.cluster.as_ref().filter(|c| c.simulated_url().is_some()) else {
+        return Ok(());
+    };
+    for node in crate::nodes::service::all_internal(state).await? {
+        cluster.ensure_simulated_node(&node).await?;
+    }
+    nodesync::sync_once(state, cluster).await?;
+    Ok(())
+}
+
 /// The simulated Node of a worker node.
 pub fn sim_node(node: &WorkerNode) -> SimNode {
     let labels: BTreeMap<String, String> = node

@@ -8,6 +8,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ListParams;
 use tokio::sync::watch as signal;
 
+use super::cluster::Cluster;
+use crate::error::AppResult;
 use crate::nodes::service::ClusterNode;
 use crate::state::AppState;
 
@@ -23,19 +25,18 @@ pub fn spawn(
                 _ = every.tick() => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
-            let nodes = match cluster.nodes().list(&ListParams::default()).await {
-                Ok(list) => list.items,
-                Err(e) => {
-                    tracing::warn!(error = %e, "listing the cluster's nodes failed");
-                    continue;
-                }
-            };
-            let facts: Vec<ClusterNode> = nodes.iter().filter_map(facts_of).collect();
-            if let Err(e) = crate::nodes::service::sync_from_cluster(&state, &facts).await {
+            if let Err(e) = sync_once(&state, &cluster).await {
                 tracing::warn!(error = ?e, "syncing the cluster's nodes failed");
             }
         }
     }))
+}
+
+/// One pass: every Node of the cluster into worker nodes.
+pub async fn sync_once(state: &AppState, cluster: &Cluster) -> AppResult<usize> {
+    let nodes = cluster.nodes().list(&ListParams::default()).await?.items;
+    let facts: Vec<ClusterNode> = nodes.iter().filter_map(facts_of).collect();
+    crate::nodes::service::sync_from_cluster(state, &facts).await
 }
 
 /// What Podium keeps of a Node.

@@ -1008,3 +1008,144 @@ async fn podium_killed_while_provisioning_finishes_the_work_after_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The acceptance of the provisioning issue, with the README's run command alone: the
+/// seeded customer subscribes and watches the instance go PENDING, PROVISIONING, RUNNING
+/// over a WebSocket; `stopInstance` makes it STOPPED with 0 replicas in the embedded cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_run_command_alone_the_seeded_user_watches_an_instance_come_up_and_stops_it() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = TempDir::new(0o755);
+    let data = dir.0.join("data");
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let log = dir.0.join("serve.log");
+    let mut child = KillOnDrop(podium(&data, port, &log));
+    wait_ready(&client, port, &mut child.0, &log).await;
+    let output = std::fs::read_to_string(&log).unwrap();
+    let simulated = output
+        .lines()
+        .find(|l| l.contains("SIMULATED"))
+        .unwrap_or_else(|| panic!("the server says the cluster is simulated: {output}"));
+    let cluster_url = simulated
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .find_map(|w| w.find("http://127.0.0.1:").map(|i| w[i..].to_string()))
+        .expect("the embedded cluster's address in the log");
+    let token = gql(
+        &client,
+        port,
+        None,
+        LOGIN,
+        json!({ "e": "user@paas.com", "p": "User123!@#" }),
+    )
+    .await
+    .ok()
+    .str("login.accessToken");
+
+    let mut req = format!("ws://127.0.0.1:{port}/graphql")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let subscribers = async || -> u64 {
+        let text = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("podium_live_subscribers "))
+            .and_then(|n| n.parse().ok())
+            .expect("the subscribers gauge")
+    };
+    let before = subscribers().await;
+    let send = |v: serde_json::Value| Message::Text(v.to_string().into());
+    ws.send(send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })))
+        .await
+        .unwrap();
+    ws.send(send(json!({ "id": "1", "type": "subscribe", "payload": {
+        "query": "subscription { instanceStatusChanged { previousStatus status message instance { id subdomain } } }" } })))
+        .await
+        .unwrap();
+    let mut next_status = async || -> serde_json::Value {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if let Some(Ok(Message::Text(t))) = ws.next().await {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "next" {
+                        return v["payload"]["data"]["instanceStatusChanged"].clone();
+                    }
+                }
+            }
+        })
+        .await
+        .expect("a status event within a minute")
+    };
+    // Subscribing only once the socket listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscribers().await <= before {
+        assert!(Instant::now() < deadline, "the socket never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let plans = gql(
+        &client,
+        port,
+        None,
+        "{ service(slug: \"n8n\") { plans { id name } } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let plan = plans.data("service.plans").as_array().unwrap()[0]["id"].clone();
+    let subscribed = gql(
+        &client,
+        port,
+        Some(&token),
+        "mutation($p: ID!) { subscribe(input: {planId: $p, name: \"flows\"}) { instance { id status } } }",
+        json!({ "p": plan }),
+    )
+    .await
+    .ok();
+    assert_eq!(subscribed.str("subscribe.instance.status"), "PENDING");
+    let id = subscribed.str("subscribe.instance.id");
+    let provisioning = next_status().await;
+    assert_eq!(
+        (&provisioning["previousStatus"], &provisioning["status"]),
+        (&json!("PENDING"), &json!("PROVISIONING"))
+    );
+    let running = next_status().await;
+    assert_eq!(running["status"], "RUNNING", "{running}");
+    assert_eq!(running["instance"]["id"], id.as_str());
+
+    gql(
+        &client,
+        port,
+        Some(&token),
+        "mutation($id: ID!) { stopInstance(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await
+    .ok();
+    while next_status().await["status"] != "STOPPED" {}
+    let kube = kube::Client::try_from(kube::Config::new(cluster_url.parse().unwrap())).unwrap();
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::all(kube);
+    let name = podium::provisioner::objects::object_name(
+        running["instance"]["subdomain"].as_str().unwrap(),
+    );
+    let deployment = deployments
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+        .expect("the instance's Deployment");
+    assert_eq!(deployment.spec.unwrap().replicas, Some(0));
+    stop(&mut child.0, libc::SIGINT);
+}
