@@ -10,6 +10,8 @@ pub mod objects;
 pub mod placement;
 pub mod reconcile;
 pub mod service;
+#[cfg(test)]
+mod shapes_tests;
 pub mod status;
 pub mod template;
 pub mod watch;
