@@ -14,6 +14,8 @@ pub mod service;
 mod shapes_tests;
 pub mod status;
 pub mod template;
+#[cfg(test)]
+mod validate_tests;
 pub mod watch;
 
 use std::collections::BTreeMap;
