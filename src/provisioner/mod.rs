@@ -10,8 +10,12 @@ pub mod objects;
 pub mod placement;
 pub mod reconcile;
 pub mod service;
+#[cfg(test)]
+mod shapes_tests;
 pub mod status;
 pub mod template;
+#[cfg(test)]
+mod validate_tests;
 pub mod watch;
 
 use std::collections::BTreeMap;

@@ -265,8 +265,16 @@ pub fn all(spec: &InstanceSpec, options: &ClusterOptions) -> Vec<Value> {
 }
 
 /// From the JSON above to its typed form: a shape error is a bug caught by any test.
-fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
-    serde_json::from_value(value).expect("the object matches its Kubernetes type")
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(value: Value) -> T {
+    let object: T =
+        serde_json::from_value(value.clone()).expect("the object matches its Kubernetes type");
+    // A field the type does not know (a misspelling) would be dropped without a word.
+    debug_assert_eq!(
+        serde_json::to_value(&object).ok().as_ref(),
+        Some(&value),
+        "every field is one the Kubernetes type knows"
+    );
+    object
 }
 
 #[cfg(test)]

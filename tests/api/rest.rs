@@ -1,6 +1,8 @@
 //! Runs every request in `rest/*.http` against a test server, in file order, so the
 //! examples never rot. Supports the REST Client subset the files use: `@var = value`,
-//! `# @name x` with `{{x.response.body.$.a.b}}`, and our `# @expect-error CODE`.
+//! `# @name x` with `{{x.response.body.$.a.b}}`, and our `# @expect-error CODE` and
+//! `# @until $.a.b == VALUE` (the request is repeated, 30 s at most, until the response holds
+//! that value: for what the server does in the background, like an instance starting).
 
 use std::collections::HashMap;
 
@@ -13,6 +15,7 @@ struct HttpRequest {
     title: String,
     name: Option<String>,
     expect_error: Option<String>,
+    until: Option<(String, String)>,
     method: String,
     url: String,
     headers: Vec<(String, String)>,
@@ -41,6 +44,9 @@ fn parse(text: &str) -> (HashMap<String, String>, Vec<HttpRequest>) {
                     req.name = Some(rest.trim().to_string());
                 } else if let Some(rest) = trimmed.strip_prefix("# @expect-error ") {
                     req.expect_error = Some(rest.trim().to_string());
+                } else if let Some(rest) = trimmed.strip_prefix("# @until $.") {
+                    let (path, value) = rest.split_once("==").expect("`# @until $.path == value`");
+                    req.until = Some((path.trim().to_string(), value.trim().to_string()));
                 } else if let Some(rest) = trimmed.strip_prefix('@') {
                     let (k, v) = rest.split_once('=').expect("`@name = value`");
                     vars.insert(k.trim().to_string(), v.trim().to_string());
@@ -73,6 +79,15 @@ fn parse(text: &str) -> (HashMap<String, String>, Vec<HttpRequest>) {
     (vars, requests)
 }
 
+/// The value at `path` (`a.b.0.c`) in `json`.
+fn at<'a>(json: &'a Value, path: &str) -> &'a Value {
+    path.split('.')
+        .fold(json, |v, part| match (v, part.parse::<usize>()) {
+            (Value::Array(items), Ok(i)) => items.get(i).unwrap_or(&Value::Null),
+            _ => &v[part],
+        })
+}
+
 /// Replaces `{{var}}` and `{{name.response.body.$.path}}`.
 fn substitute(
     text: &str,
@@ -86,15 +101,12 @@ fn substitute(
         let end = rest[start..].find("}}").expect("closing }}") + start;
         let key = rest[start + 2..end].trim();
         let value = if let Some((name, path)) = key.split_once(".response.body.$.") {
-            let mut v = responses
-                .get(name)
-                .unwrap_or_else(|| panic!("no response named {name}"));
-            for part in path.split('.') {
-                v = match (v, part.parse::<usize>()) {
-                    (Value::Array(items), Ok(i)) => &items[i],
-                    _ => &v[part],
-                };
-            }
+            let v = at(
+                responses
+                    .get(name)
+                    .unwrap_or_else(|| panic!("no response named {name}")),
+                path,
+            );
             match v {
                 Value::String(s) => s.clone(),
                 Value::Null => panic!("{key} is null"),
@@ -130,22 +142,37 @@ async fn run_file(path: &std::path::Path) -> usize {
     for req in &requests {
         let label = format!("{} / {}", path.display(), req.title);
         let url = substitute(&req.url, &vars, &responses);
-        let mut builder = app.client.request(req.method.parse().unwrap(), url);
-        for (k, v) in &req.headers {
-            builder = builder.header(k, substitute(v, &vars, &responses));
-        }
         let body = substitute(&req.body, &vars, &responses);
-        let resp = builder
-            .body(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert!(
-            resp.status().is_success(),
-            "{label}: HTTP {}",
-            resp.status()
-        );
-        let json: Value = resp.json().await.unwrap_or_else(|e| panic!("{label}: {e}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let json = loop {
+            let mut builder = app.client.request(req.method.parse().unwrap(), &url);
+            for (k, v) in &req.headers {
+                builder = builder.header(k, substitute(v, &vars, &responses));
+            }
+            let resp = builder
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert!(
+                resp.status().is_success(),
+                "{label}: HTTP {}",
+                resp.status()
+            );
+            let json: Value = resp.json().await.unwrap_or_else(|e| panic!("{label}: {e}"));
+            let Some((path, value)) = &req.until else {
+                break json;
+            };
+            let now = at(&json, path);
+            if now.as_str().map_or_else(|| now.to_string(), str::to_string) == *value {
+                break json;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: never {path} == {value}; last {json}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         let code = json["errors"][0]["extensions"]["code"].as_str();
         match (&req.expect_error, code) {
             (None, None) => {}
