@@ -552,6 +552,42 @@ async fn embedded_cluster_a_watch_resumes_from_a_resource_version() {
         rvs.windows(2).all(|w| w[0] < w[1]),
         "increasing resourceVersions: {rvs:?}"
     );
+
+    // With a selector, leaving the selection is DELETED and entering it ADDED.
+    let from_rv = secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("two"))
+        .await
+        .unwrap();
+    for tier in ["a", "b", "a"] {
+        let relabel = Patch::Merge(json!({ "metadata": { "labels": { "tier": tier } } }));
+        secrets
+            .patch("two", &PatchParams::default(), &relabel)
+            .await
+            .unwrap();
+    }
+    let kinds: Vec<String> = secrets
+        .watch(
+            &WatchParams::default().labels("tier=a").timeout(1),
+            &from_rv,
+        )
+        .await
+        .unwrap()
+        .map(|e| match e.unwrap() {
+            WatchEvent::Added(_) => "ADDED".to_string(),
+            WatchEvent::Modified(_) => "MODIFIED".to_string(),
+            WatchEvent::Deleted(_) => "DELETED".to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+        .await;
+    assert_eq!(kinds, ["ADDED", "DELETED", "ADDED"]);
     cluster.stop().await;
 }
 

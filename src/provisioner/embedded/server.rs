@@ -214,8 +214,7 @@ async fn watch(store: &Store, path: &ApiPath, pairs: &[(String, String)]) -> Htt
                     pending.extend(
                         replay
                             .iter()
-                            .filter(|e| filter.matches_event(e))
-                            .map(|e| watch::event_line(e)),
+                            .filter_map(|e| Some(watch::event_line(filter.view(e)?, e))),
                     );
                     (rx, last, false)
                 }
