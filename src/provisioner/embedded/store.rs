@@ -444,7 +444,7 @@ impl Store {
             collection: path.collection(),
             namespace,
             object,
-            previous,
+            previous: previous.as_ref().map(selectable),
         });
         self.changed.notify_one();
     }
@@ -593,6 +593,17 @@ impl Store {
         }
         reply
     }
+}
+
+/// What selectors look at in an object (labels and the usual selectable fields): all a
+/// watch needs of the previous object, kept small since events stay in the history.
+fn selectable(o: &Value) -> Value {
+    let m = &o["metadata"];
+    json!({
+        "metadata": { "name": m["name"], "namespace": m["namespace"], "labels": m["labels"] },
+        "spec": { "nodeName": o["spec"]["nodeName"] },
+        "status": { "phase": o["status"]["phase"] },
+    })
 }
 
 /// An object's resourceVersion as a number (the fake's are a global counter).

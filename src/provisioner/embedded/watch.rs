@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use super::apipath::{ApiPath, query_get};
 
 /// Events kept for resuming watches; older resourceVersions get 410 Gone (the watcher relists).
-const HISTORY: usize = 20_000;
+/// Each holds its object (a few kB): this bounds the history's memory to tens of MB.
+const HISTORY: usize = 5_000;
 /// Live events buffered per watch before it is cut off as too slow (410, the watcher relists).
 const LIVE_BUFFER: usize = 8_192;
 /// A BOOKMARK this often on a quiet watch that asked for bookmarks.
@@ -47,7 +48,7 @@ pub struct Event {
     pub collection: String,
     pub namespace: Option<String>,
     pub object: Value,
-    /// The object before a MODIFIED change.
+    /// What selectors see of the object before a MODIFIED change.
     pub previous: Option<Value>,
 }
 
