@@ -187,6 +187,20 @@ async fn embedded_cluster_nodes_are_listed_with_capacity_and_ready() {
     assert_eq!(info.operating_system, "linux");
     assert!(!info.container_runtime_version.is_empty() && !info.kernel_version.is_empty());
 
+    // A streaming list (watch with sendInitialEvents) ends with its bookmark.
+    let config = watcher::Config::default().streaming_lists();
+    let mut stream = Box::pin(watcher(Api::<Node>::all(client.clone()), config));
+    let mut listed = 0;
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.try_next()).await {
+            Ok(Ok(Some(watcher::Event::InitApply(_)))) => listed += 1,
+            Ok(Ok(Some(watcher::Event::InitDone))) => break,
+            Ok(Ok(Some(_))) => {}
+            other => panic!("the streaming list failed: {other:?}"),
+        }
+    }
+    assert_eq!(listed, 2);
+
     // A node posted through the API is run too.
     let posted: Node =
         from(json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": "node-c" } }));
