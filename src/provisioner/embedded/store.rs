@@ -325,7 +325,12 @@ impl Store {
                 } else if is_apply && path.subresource.is_none() {
                     // Server-side apply creates: the same checks as a POST.
                     let mut probe = object.clone();
-                    probe["metadata"]["name"] = json!(path.name);
+                    if probe.is_object() && !probe["metadata"].is_object() {
+                        probe["metadata"] = json!({});
+                    }
+                    if let Some(meta) = probe["metadata"].as_object_mut() {
+                        meta.insert("name".into(), json!(path.name));
+                    }
                     if let Err(reply) = self.prepare_create(&path.list_path(), &mut probe).await {
                         return reply;
                     }
