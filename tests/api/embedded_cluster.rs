@@ -187,6 +187,20 @@ async fn embedded_cluster_nodes_are_listed_with_capacity_and_ready() {
     assert_eq!(info.operating_system, "linux");
     assert!(!info.container_runtime_version.is_empty() && !info.kernel_version.is_empty());
 
+    // A streaming list (watch with sendInitialEvents) ends with its bookmark.
+    let config = watcher::Config::default().streaming_lists();
+    let mut stream = Box::pin(watcher(Api::<Node>::all(client.clone()), config));
+    let mut listed = 0;
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.try_next()).await {
+            Ok(Ok(Some(watcher::Event::InitApply(_)))) => listed += 1,
+            Ok(Ok(Some(watcher::Event::InitDone))) => break,
+            Ok(Ok(Some(_))) => {}
+            other => panic!("the streaming list failed: {other:?}"),
+        }
+    }
+    assert_eq!(listed, 2);
+
     // A node posted through the API is run too.
     let posted: Node =
         from(json!({ "apiVersion": "v1", "kind": "Node", "metadata": { "name": "node-c" } }));
@@ -552,6 +566,42 @@ async fn embedded_cluster_a_watch_resumes_from_a_resource_version() {
         rvs.windows(2).all(|w| w[0] < w[1]),
         "increasing resourceVersions: {rvs:?}"
     );
+
+    // With a selector, leaving the selection is DELETED and entering it ADDED.
+    let from_rv = secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("two"))
+        .await
+        .unwrap();
+    for tier in ["a", "b", "a"] {
+        let relabel = Patch::Merge(json!({ "metadata": { "labels": { "tier": tier } } }));
+        secrets
+            .patch("two", &PatchParams::default(), &relabel)
+            .await
+            .unwrap();
+    }
+    let kinds: Vec<String> = secrets
+        .watch(
+            &WatchParams::default().labels("tier=a").timeout(1),
+            &from_rv,
+        )
+        .await
+        .unwrap()
+        .map(|e| match e.unwrap() {
+            WatchEvent::Added(_) => "ADDED".to_string(),
+            WatchEvent::Modified(_) => "MODIFIED".to_string(),
+            WatchEvent::Deleted(_) => "DELETED".to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+        .await;
+    assert_eq!(kinds, ["ADDED", "DELETED", "ADDED"]);
     cluster.stop().await;
 }
 

@@ -581,7 +581,11 @@ impl Kubelet {
             .cloned()
             .unwrap_or_default();
         labels.insert("pod-template-hash".into(), json!(hash));
-        let mut spec = template["spec"].clone();
+        // Only an object can take defaults (a malformed template must not stop the kubelet).
+        let mut spec = match &template["spec"] {
+            Value::Object(m) => Value::Object(m.clone()),
+            _ => json!({}),
+        };
         for (k, v) in [
             ("restartPolicy", json!("Always")),
             ("schedulerName", json!("default-scheduler")),

@@ -81,7 +81,7 @@ pub struct EmbeddedCluster {
     url: String,
     server: ServerHandle,
     _server_task: JoinHandle<std::io::Result<()>>,
-    kubelet: JoinHandle<()>,
+    kubelet: tokio::task::AbortHandle,
 }
 
 impl EmbeddedCluster {
@@ -124,7 +124,16 @@ impl EmbeddedCluster {
         let url = format!("http://127.0.0.1:{port}");
         let handle = server.handle();
         let server_task = tokio::spawn(server);
-        let kubelet = tokio::spawn(kubelet::Kubelet::new(store, config.start_delay).run());
+        let task = tokio::spawn(kubelet::Kubelet::new(store, config.start_delay).run());
+        let kubelet = task.abort_handle();
+        // A panic would otherwise freeze every pod silently.
+        tokio::spawn(async move {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!("the simulated kubelet panicked: embedded pods no longer change");
+            }
+        });
         tracing::warn!(
             %url,
             nodes = config.nodes.len(),

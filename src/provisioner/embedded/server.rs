@@ -198,6 +198,16 @@ async fn watch(store: &Store, path: &ApiPath, pairs: &[(String, String)]) -> Htt
             // No resourceVersion: the current state as ADDED events, then the changes.
             let (items, rx, rv) = store.list_and_subscribe(path, &filter).await;
             pending.extend(items.iter().map(|o| watch::line("ADDED", o)));
+            if query_get(pairs, "sendInitialEvents") == Some("true") {
+                // A streaming list (watcher's StreamingList): this bookmark ends it.
+                let (kind, api_version) = (path.kind().unwrap_or("Unknown"), path.api_version());
+                pending.push_back(watch::line(
+                    "BOOKMARK",
+                    &json!({ "kind": kind, "apiVersion": api_version, "metadata": {
+                        "resourceVersion": rv.to_string(),
+                        "annotations": { "k8s.io/initial-events-end": "true" } } }),
+                ));
+            }
             (rx, rv, false)
         }
         Some(rv) => {
@@ -214,8 +224,7 @@ async fn watch(store: &Store, path: &ApiPath, pairs: &[(String, String)]) -> Htt
                     pending.extend(
                         replay
                             .iter()
-                            .filter(|e| filter.matches_event(e))
-                            .map(|e| watch::event_line(e)),
+                            .filter_map(|e| Some(watch::event_line(filter.view(e)?, e))),
                     );
                     (rx, last, false)
                 }

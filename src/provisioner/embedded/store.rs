@@ -292,6 +292,8 @@ impl Store {
         let is_apply = content_type.is_some_and(|c| c.starts_with(APPLY_PATCH));
         // Fields this apply stops owning: removed after it (the fake only merges).
         let mut dropped = Vec::new();
+        // The object before the change: a watch with selectors needs it (see `watch`).
+        let mut previous = None;
         let _write = self.lock.write().await;
         let kind = match method {
             "POST" if path.name.is_none() => {
@@ -300,10 +302,15 @@ impl Store {
                 }
                 EventType::Added
             }
-            "PUT" if path.name.is_some() => EventType::Modified,
+            "PUT" if path.name.is_some() => {
+                let existing = self.raw("GET", &path.store_path(), None, Vec::new()).await;
+                previous = existing.is_success().then_some(existing.body);
+                EventType::Modified
+            }
             "PATCH" if path.name.is_some() => {
                 let existing = self.raw("GET", &path.store_path(), None, Vec::new()).await;
                 if existing.is_success() {
+                    previous = Some(existing.body.clone());
                     if is_apply && path.subresource.is_none() {
                         let pairs = query_pairs(query);
                         let manager = query_get(&pairs, "fieldManager").unwrap_or("");
@@ -318,7 +325,12 @@ impl Store {
                 } else if is_apply && path.subresource.is_none() {
                     // Server-side apply creates: the same checks as a POST.
                     let mut probe = object.clone();
-                    probe["metadata"]["name"] = json!(path.name);
+                    if probe.is_object() && !probe["metadata"].is_object() {
+                        probe["metadata"] = json!({});
+                    }
+                    if let Some(meta) = probe["metadata"].as_object_mut() {
+                        meta.insert("name".into(), json!(path.name));
+                    }
                     if let Err(reply) = self.prepare_create(&path.list_path(), &mut probe).await {
                         return reply;
                     }
@@ -356,7 +368,7 @@ impl Store {
                     .expect("collections")
                     .insert((path.collection(), path.namespace.is_some()));
             }
-            self.publish(kind, path, reply.body.clone());
+            self.publish(kind, path, reply.body.clone(), previous);
             return reply;
         }
         reply
@@ -427,7 +439,7 @@ impl Store {
         Ok(())
     }
 
-    fn publish(&self, kind: EventType, path: &ApiPath, object: Value) {
+    fn publish(&self, kind: EventType, path: &ApiPath, object: Value, previous: Option<Value>) {
         let rv = rv_of(&object);
         self.rv.fetch_max(rv, Ordering::SeqCst);
         let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
@@ -437,6 +449,7 @@ impl Store {
             collection: path.collection(),
             namespace,
             object,
+            previous: previous.as_ref().map(selectable),
         });
         self.changed.notify_one();
     }
@@ -581,10 +594,21 @@ impl Store {
             {
                 self.logs.remove(ns, name);
             }
-            self.publish(EventType::Deleted, path, reply.body.clone());
+            self.publish(EventType::Deleted, path, reply.body.clone(), None);
         }
         reply
     }
+}
+
+/// What selectors look at in an object (labels and the usual selectable fields): all a
+/// watch needs of the previous object, kept small since events stay in the history.
+fn selectable(o: &Value) -> Value {
+    let m = &o["metadata"];
+    json!({
+        "metadata": { "name": m["name"], "namespace": m["namespace"], "labels": m["labels"] },
+        "spec": { "nodeName": o["spec"]["nodeName"] },
+        "status": { "phase": o["status"]["phase"] },
+    })
 }
 
 /// An object's resourceVersion as a number (the fake's are a global counter).

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use super::apipath::{ApiPath, query_get};
 
 /// Events kept for resuming watches; older resourceVersions get 410 Gone (the watcher relists).
-const HISTORY: usize = 20_000;
+/// Each holds its object (a few kB): this bounds the history's memory to tens of MB.
+const HISTORY: usize = 5_000;
 /// Live events buffered per watch before it is cut off as too slow (410, the watcher relists).
 const LIVE_BUFFER: usize = 8_192;
 /// A BOOKMARK this often on a quiet watch that asked for bookmarks.
@@ -47,6 +48,8 @@ pub struct Event {
     pub collection: String,
     pub namespace: Option<String>,
     pub object: Value,
+    /// What selectors see of the object before a MODIFIED change.
+    pub previous: Option<Value>,
 }
 
 pub struct EventLog {
@@ -151,10 +154,21 @@ impl Filter {
         )
     }
 
-    pub fn matches_event(&self, event: &Event) -> bool {
-        event.collection == self.collection
-            && (self.namespace.is_none() || self.namespace == event.namespace)
-            && self.matches(&event.object)
+    /// The event as this watch sees it, if at all: with selectors, a change that moves an
+    /// object into the selection is ADDED and one that moves it out is DELETED, as the
+    /// API server sends them.
+    pub fn view(&self, event: &Event) -> Option<EventType> {
+        if event.collection != self.collection
+            || (self.namespace.is_some() && self.namespace != event.namespace)
+        {
+            return None;
+        }
+        let now = self.matches(&event.object);
+        match (event.kind, event.previous.as_ref().map(|p| self.matches(p))) {
+            (EventType::Modified, Some(false)) => now.then_some(EventType::Added),
+            (EventType::Modified, Some(true)) if !now => Some(EventType::Deleted),
+            (kind, _) => now.then_some(kind),
+        }
     }
 
     pub fn matches(&self, object: &Value) -> bool {
@@ -227,8 +241,8 @@ pub fn line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(s)
 }
 
-pub fn event_line(event: &Event) -> Bytes {
-    line(event.kind.as_str(), &event.object)
+pub fn event_line(kind: EventType, event: &Event) -> Bytes {
+    line(kind.as_str(), &event.object)
 }
 
 /// The ERROR event a watch ends with when its resourceVersion is gone (the client relists).
@@ -261,8 +275,8 @@ impl WatchStream {
                         continue;
                     }
                     self.last_rv = event.rv;
-                    if self.filter.matches_event(&event) {
-                        return Some((Ok(event_line(&event)), self));
+                    if let Some(kind) = self.filter.view(&event) {
+                        return Some((Ok(event_line(kind, &event)), self));
                     }
                 }
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
@@ -312,5 +326,28 @@ mod tests {
         assert!(!f.matches(&pod(json!({"app": "web", "tier": "1"}), "n1", "x")));
         let unscheduled = Filter::new(&path, None, Some("spec.nodeName=")).unwrap();
         assert!(unscheduled.matches(&json!({ "metadata": {}, "spec": {} })));
+
+        // Moving out of (and into) a watch's selection is DELETED (ADDED) for that watch.
+        let event = |previous: Value, object: Value| Event {
+            rv: 2,
+            kind: EventType::Modified,
+            collection: "/api/v1/pods".into(),
+            namespace: Some("a".into()),
+            object,
+            previous: Some(previous),
+        };
+        let (none, bound) = (
+            json!({ "metadata": { "namespace": "a" }, "spec": {} }),
+            json!({ "metadata": { "namespace": "a" }, "spec": { "nodeName": "n1" } }),
+        );
+        let moved_out = event(none.clone(), bound.clone());
+        assert_eq!(unscheduled.view(&moved_out), Some(EventType::Deleted));
+        let moved_in = event(bound.clone(), none.clone());
+        assert_eq!(unscheduled.view(&moved_in), Some(EventType::Added));
+        assert_eq!(unscheduled.view(&event(bound.clone(), bound)), None);
+        assert_eq!(
+            unscheduled.view(&event(none.clone(), none)),
+            Some(EventType::Modified)
+        );
     }
 }
