@@ -154,7 +154,13 @@ async fn run(settings: Settings, url: &str, bench: &FanoutBench) -> anyhow::Resu
             let sent = Instant::now();
             attempt += 1;
             // A repeated warm-up must still be a change (a new message), or no event comes.
-            change(&mut conn, instance_id, status, &format!("bench {k} {attempt}")).await?;
+            change(
+                &mut conn,
+                instance_id,
+                status,
+                &format!("bench {k} {attempt}"),
+            )
+            .await?;
             if k > 0 {
                 break sent;
             }

@@ -234,10 +234,9 @@ impl Cluster {
         if self.simulated.is_none() || self.nodes().get_opt(&worker.name).await?.is_some() {
             return Ok(());
         }
-        let node: Node = serde_json::from_value(super::embedded::node_object(&super::sim_node(
-            worker,
-        )))
-        .expect("a Node");
+        let node: Node =
+            serde_json::from_value(super::embedded::node_object(&super::sim_node(worker)))
+                .expect("a Node");
         match self
             .nodes()
             .create(&kube::api::PostParams::default(), &node)

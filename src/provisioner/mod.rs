@@ -76,7 +76,11 @@ pub async fn connect(settings: &Settings, nodes: &[WorkerNode]) -> anyhow::Resul
 /// demo nodes seeded after the cluster started, on the first start of the embedded
 /// default), then syncs them back at once so that they are ready for placement.
 pub async fn simulate_known_nodes(state: &crate::state::AppState) -> crate::error::AppResult<()> {
-    let Some(cluster) = state.cluster.as_ref().filter(|c| c.simulated_url().is_some()) else {
+    let Some(cluster) = state
+        .cluster
+        .as_ref()
+        .filter(|c| c.simulated_url().is_some())
+    else {
         return Ok(());
     };
     for node in crate::nodes::service::all_internal(state).await? {

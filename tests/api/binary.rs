@@ -1047,8 +1047,10 @@ async fn with_the_run_command_alone_the_seeded_user_watches_an_instance_come_up_
     let mut req = format!("ws://127.0.0.1:{port}/graphql")
         .into_client_request()
         .unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let subscribers = async || -> u64 {
         let text = client
