@@ -2,7 +2,10 @@
 -- restarts it again), when it was placed, and indexes for placement and the resync.
 ALTER TABLE service_instances
     ADD COLUMN restarted_at TIMESTAMPTZ,
-    ADD COLUMN placed_at TIMESTAMPTZ;
+    ADD COLUMN placed_at TIMESTAMPTZ,
+    -- Bumped by every change of what the instance should be (desired state, restart,
+    -- placement): a status observed under an older generation is not written.
+    ADD COLUMN generation BIGINT NOT NULL DEFAULT 0;
 
 CREATE INDEX service_instances_node ON service_instances (node_id) WHERE node_id IS NOT NULL;
 CREATE INDEX service_instances_unsettled ON service_instances (updated_at)

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::instances::model::{self as instances, DesiredState, InstanceStatus};
+use crate::instances::model::{self as instances, InstanceStatus};
 use crate::provisioner::embedded::{EmbeddedCluster, EmbeddedConfig, SimNode};
 use crate::provisioner::objects::{ClusterOptions, InstanceSpec};
 
@@ -254,15 +254,8 @@ async fn change(
     message: &str,
 ) -> anyhow::Result<()> {
     conn.transaction(async |conn| {
-        if let Some((previous, after)) = instances::set_status(
-            conn,
-            id,
-            DesiredState::Running,
-            status,
-            message,
-            chrono::Utc::now(),
-        )
-        .await?
+        if let Some((previous, after)) =
+            instances::set_status(conn, id, 0, status, message, chrono::Utc::now()).await?
         {
             crate::instances::events::status_changed(conn, previous, &after).await?;
         }

@@ -157,6 +157,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         restarted_at -> Nullable<Timestamptz>,
         placed_at -> Nullable<Timestamptz>,
+        generation -> Int8,
     }
 }
 

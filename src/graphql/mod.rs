@@ -241,9 +241,16 @@ where
                 loop {
                     let message = match events.recv().await {
                         Ok(message) => message,
+                        // Events were lost to this subscriber: ending the stream tells the
+                        // client to read afresh and subscribe again, rather than letting it
+                        // believe it saw every change.
                         Err(RecvError::Lagged(missed)) => {
-                            tracing::warn!(missed, topic, "a slow subscriber missed events");
-                            continue;
+                            tracing::warn!(
+                                missed,
+                                topic,
+                                "a slow subscriber missed events: its stream ends"
+                            );
+                            return None;
                         }
                         Err(RecvError::Closed) => return None,
                     };

@@ -97,6 +97,8 @@ pub struct ServiceInstance {
     /// The last restart asked for: the pod template carries it, so re-applying keeps it.
     pub restarted_at: Option<DateTime<Utc>>,
     pub placed_at: Option<DateTime<Utc>>,
+    /// Bumped by every change of what it should be; see `set_status`.
+    pub generation: i64,
 }
 
 #[derive(Insertable, Debug)]
@@ -155,6 +157,7 @@ pub async fn set_desired_state(
     )
     .set((
         service_instances::desired_state.eq(desired),
+        service_instances::generation.eq(service_instances::generation + 1),
         service_instances::updated_at.eq(now),
     ))
     .returning(ServiceInstance::as_returning())
@@ -212,12 +215,13 @@ impl ServiceInstance {
     }
 }
 
-/// Writes a status the provisioner observed, if the desired state is still the one it
-/// acted on (a newer desire has its own reconcile coming). Returns the row before and after.
+/// Writes a status observed under `generation`, if the instance is still at it (a newer
+/// desire, restart or placement has its own pass coming, and an observation from before it
+/// would be stale). Returns the row before and after.
 pub async fn set_status(
     conn: &mut Conn,
     id: Uuid,
-    acted_on: DesiredState,
+    generation: i64,
     status: InstanceStatus,
     message: &str,
     now: DateTime<Utc>,
@@ -225,7 +229,7 @@ pub async fn set_status(
     let Some(before) = lock(conn, id).await? else {
         return Ok(None);
     };
-    if before.desired_state != acted_on
+    if before.generation != generation
         || (before.status == status && before.status_message.as_deref() == Some(message))
     {
         return Ok(None);
@@ -253,6 +257,7 @@ pub async fn set_desired(
     diesel::update(service_instances::table.find(id))
         .set((
             service_instances::desired_state.eq(desired),
+            service_instances::generation.eq(service_instances::generation + 1),
             service_instances::restarted_at.eq(diesel::dsl::sql::<
                 diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
             >("COALESCE(")
@@ -297,6 +302,8 @@ pub struct Workload {
     pub status: InstanceStatus,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
     pub restarted_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub generation: i64,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
     pub node_id: Option<Uuid>,
     #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
@@ -322,7 +329,7 @@ pub struct Workload {
 pub async fn workload(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Workload>> {
     diesel::sql_query(
         "SELECT i.id, i.subscription_id, i.user_id, COALESCE(i.namespace, '') AS namespace,
-                i.subdomain, i.public_url, i.desired_state, i.status, i.restarted_at,
+                i.subdomain, i.public_url, i.desired_state, i.status, i.restarted_at, i.generation,
                 i.node_id, n.name AS node_name, sv.slug AS service_slug,
                 sv.docker_image AS image, sv.container_port, sv.volume_mount_path,
                 sv.env_template, p.cpu_milli, p.memory_mb, p.storage_gb
@@ -339,16 +346,23 @@ pub async fn workload(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Workload>
     .optional()
 }
 
-/// Instances whose cluster state may differ from what is desired (for the resync):
-/// everything not yet TERMINATED, oldest change first.
-pub async fn unsettled(conn: &mut Conn, limit: i64) -> QueryResult<Vec<ServiceInstance>> {
-    service_instances::table
+/// A page of the instances whose cluster state may differ from what is desired (for the
+/// resync): not yet TERMINATED, by id after `after`.
+pub async fn unsettled(
+    conn: &mut Conn,
+    after: Option<Uuid>,
+    limit: i64,
+) -> QueryResult<Vec<ServiceInstance>> {
+    let mut q = service_instances::table
         .filter(service_instances::status.ne(InstanceStatus::Terminated))
-        .order(service_instances::updated_at.asc())
         .select(ServiceInstance::as_select())
+        .order(service_instances::id.asc())
         .limit(limit)
-        .load(conn)
-        .await
+        .into_boxed();
+    if let Some(after) = after {
+        q = q.filter(service_instances::id.gt(after));
+    }
+    q.load(conn).await
 }
 
 /// Instances waiting for a node.
@@ -380,6 +394,7 @@ pub async fn unplace_from(
         let after = diesel::update(service_instances::table.find(b.id))
             .set((
                 service_instances::node_id.eq(None::<Uuid>),
+                service_instances::generation.eq(service_instances::generation + 1),
                 service_instances::status.eq(InstanceStatus::Pending),
                 service_instances::status_message.eq(message),
                 service_instances::updated_at.eq(now),

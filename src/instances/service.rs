@@ -227,7 +227,7 @@ pub async fn operate(
             };
             if let Some((status, message)) = shown
                 && let Some((previous, now_row)) =
-                    model::set_status(conn, id, desired, status, message, now).await?
+                    model::set_status(conn, id, after.generation, status, message, now).await?
             {
                 events::status_changed(conn, previous, &now_row).await?;
                 after = now_row;
@@ -249,12 +249,12 @@ pub async fn workload(state: &AppState, id: Uuid) -> AppResult<Option<Workload>>
     Ok(model::workload(&mut conn, id).await?)
 }
 
-/// Records a status the provisioner observed after acting on `acted_on`, with its
-/// event, in one transaction; returns the instance if the status changed.
+/// Records a status the provisioner observed at `generation` (see `model::set_status`),
+/// with its event, in one transaction; returns the instance if the status changed.
 pub async fn record_status(
     state: &AppState,
     id: Uuid,
-    acted_on: DesiredState,
+    generation: i64,
     status: InstanceStatus,
     message: &str,
 ) -> AppResult<Option<ServiceInstance>> {
@@ -263,7 +263,7 @@ pub async fn record_status(
     let changed = conn
         .transaction(async |conn| {
             let Some((previous, after)) =
-                model::set_status(conn, id, acted_on, status, message, now).await?
+                model::set_status(conn, id, generation, status, message, now).await?
             else {
                 return Ok::<_, AppError>(None);
             };
@@ -279,10 +279,14 @@ pub async fn record_status(
     Ok(changed)
 }
 
-/// Instances to look at again: every one not yet TERMINATED (for the resync).
-pub async fn unsettled(state: &AppState, limit: i64) -> AppResult<Vec<ServiceInstance>> {
+/// Instances to look at again: a page (by id, after `after`) of those not yet TERMINATED.
+pub async fn unsettled(
+    state: &AppState,
+    after: Option<Uuid>,
+    limit: i64,
+) -> AppResult<Vec<ServiceInstance>> {
     let mut conn = state.pool.get().await?;
-    Ok(model::unsettled(&mut conn, limit).await?)
+    Ok(model::unsettled(&mut conn, after, limit).await?)
 }
 
 /// Instances waiting for a node: queued for placement (capacity appeared).

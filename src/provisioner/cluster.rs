@@ -261,11 +261,15 @@ impl Cluster {
     }
 }
 
+/// A log read holds at most this much (an app decides what it writes).
+const LOG_LIMIT_BYTES: i64 = 1024 * 1024;
+
 fn log_params(container: Option<String>, tail_lines: i64, follow: bool) -> LogParams {
     LogParams {
         container,
         tail_lines: Some(tail_lines),
         follow,
+        limit_bytes: (!follow).then_some(LOG_LIMIT_BYTES),
         ..Default::default()
     }
 }

@@ -27,8 +27,9 @@ pub struct ClusterOptions {
     pub ingress_namespace: String,
 }
 
-/// Everything the objects of one instance are made from.
-#[derive(Clone, Debug)]
+/// Everything the objects of one instance are made from. No `Debug`: it holds the
+/// instance's credentials, which are never logged.
+#[derive(Clone)]
 pub struct InstanceSpec {
     pub instance_id: Uuid,
     pub subscription_id: Uuid,

@@ -21,6 +21,9 @@ pub struct Placed {
     pub node_id: Uuid,
     #[diesel(sql_type = Text)]
     pub node_name: String,
+    /// The instance's generation after placing it.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub generation: i64,
 }
 
 /// Places the instance if it is still unplaced and a node fits; `None` when none does.
@@ -34,7 +37,7 @@ pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option
                 .execute(conn)
                 .await?;
             let already = diesel::sql_query(
-                "SELECT n.id AS node_id, n.name AS node_name
+                "SELECT n.id AS node_id, n.name AS node_name, i.generation
                  FROM service_instances i JOIN worker_nodes n ON n.id = i.node_id
                  WHERE i.id = $1",
             )
@@ -70,9 +73,10 @@ pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option
                        AND n.max_pods - COALESCE(u.pods, 0) >= 1
                      ORDER BY n.cpu_cores::bigint * 1000 - COALESCE(u.cpu, 0) DESC, n.name
                      LIMIT 1)
-                 UPDATE service_instances i SET node_id = chosen.id, placed_at = now()
+                 UPDATE service_instances i
+                 SET node_id = chosen.id, placed_at = now(), generation = i.generation + 1
                  FROM chosen WHERE i.id = $1 AND i.node_id IS NULL
-                 RETURNING chosen.id AS node_id, chosen.name AS node_name",
+                 RETURNING chosen.id AS node_id, chosen.name AS node_name, i.generation",
             )
             .bind::<SqlUuid, _>(instance_id)
             .get_result::<Placed>(conn)

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::cluster::Cluster;
@@ -23,8 +24,8 @@ use crate::instances::model::{DesiredState, InstanceStatus, Workload};
 use crate::instances::service as instances;
 use crate::state::AppState;
 
-/// How many instances one resync pass queues at most (the oldest changed first).
-const RESYNC_BATCH: i64 = 5000;
+/// Instances the resync reads at a time (it goes through all of them).
+const RESYNC_BATCH: i64 = 1000;
 
 fn cluster(state: &AppState) -> AppResult<&Cluster> {
     state
@@ -33,8 +34,23 @@ fn cluster(state: &AppState) -> AppResult<&Cluster> {
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no Kubernetes cluster is configured")))
 }
 
-/// One reconcile pass over one instance.
+/// One reconcile pass over one instance. Passes over one instance never overlap, on any
+/// replica: each holds the instance's advisory lock (in a transaction of its own, released
+/// if the process dies) and reads the instance only once it has it, so a pass that waited
+/// acts on what is wanted now, never on what was wanted when it was queued.
 pub async fn reconcile(state: &AppState, id: Uuid) -> AppResult<()> {
+    let mut lock = state.pool.get().await?;
+    lock.transaction(async |lock| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind::<diesel::sql_types::Text, _>(id.to_string())
+            .execute(lock)
+            .await?;
+        pass(state, id).await
+    })
+    .await
+}
+
+async fn pass(state: &AppState, id: Uuid) -> AppResult<()> {
     let cluster = cluster(state)?;
     let Some(mut w) = instances::workload(state, id).await? else {
         return Ok(()); // deleted with its user: nothing to do
@@ -45,10 +61,9 @@ pub async fn reconcile(state: &AppState, id: Uuid) -> AppResult<()> {
             return Ok(());
         }
         if w.status != InstanceStatus::Pending || w.node_id.is_some() {
-            instances::record_status(
+            record(
                 state,
-                id,
-                w.desired_state,
+                &w,
                 InstanceStatus::Terminating,
                 "removing the app and its data",
             )
@@ -56,13 +71,18 @@ pub async fn reconcile(state: &AppState, id: Uuid) -> AppResult<()> {
         }
         cluster.delete(&w.namespace, &name).await?;
         let terminated = observe_workload(state, cluster, &w).await?;
-        if terminated == Some(InstanceStatus::Terminated) {
+        if terminated == InstanceStatus::Terminated {
             // Its node has room again.
             instances::queue_unplaced(state).await?;
         }
         return Ok(());
     }
     if w.node_id.is_none() {
+        if w.desired_state == DesiredState::Stopped {
+            // Nothing to run and no data yet: no room is taken until it is started.
+            record(state, &w, InstanceStatus::Stopped, "stopped").await?;
+            return Ok(());
+        }
         match placement::place(state, id)
             .await
             .map_err(AppError::Internal)?
@@ -71,28 +91,22 @@ pub async fn reconcile(state: &AppState, id: Uuid) -> AppResult<()> {
                 tracing::info!(instance = %id, node = %placed.node_name, "instance placed");
                 w.node_id = Some(placed.node_id);
                 w.node_name = Some(placed.node_name);
-                instances::record_status(
+                w.generation = placed.generation;
+                record(
                     state,
-                    id,
-                    w.desired_state,
+                    &w,
                     InstanceStatus::Provisioning,
                     "placed on a worker node; creating the app's resources",
                 )
                 .await?;
             }
             None => {
-                instances::record_status(
-                    state,
-                    id,
-                    w.desired_state,
-                    InstanceStatus::Pending,
-                    &format!(
-                        "waiting for room on a worker node: no node has {} millicores, {} MB of \
-                         memory and {} GB of storage free; it will be placed as soon as one has",
-                        w.cpu_milli, w.memory_mb, w.storage_gb
-                    ),
-                )
-                .await?;
+                let waiting = format!(
+                    "waiting for room on a worker node: no node has {} millicores, {} MB of \
+                     memory and {} GB of storage free; it will be placed as soon as one has",
+                    w.cpu_milli, w.memory_mb, w.storage_gb
+                );
+                record(state, &w, InstanceStatus::Pending, &waiting).await?;
                 return Ok(());
             }
         }
@@ -107,8 +121,38 @@ pub async fn reconcile(state: &AppState, id: Uuid) -> AppResult<()> {
     }
     let existing = cluster.secret_values(&w.namespace, &name).await?;
     let spec = spec_of(&w, node, existing.as_ref());
-    cluster.apply(&spec).await?;
+    match cluster.apply(&spec).await {
+        Ok(()) => {}
+        // Refused for good (invalid, forbidden, over a quota): retrying the same objects
+        // changes nothing until an operator does. The owner sees FAILED; the resync tries
+        // again every pass.
+        Err(kube::Error::Api(e))
+            if (400..500).contains(&e.code) && ![409, 429].contains(&e.code) =>
+        {
+            tracing::error!(instance = %id, code = e.code, reason = %e.reason, message = %e.message,
+                "the cluster refused an instance's objects");
+            record(
+                state,
+                &w,
+                InstanceStatus::Failed,
+                "the cluster refused the app's resources; the platform's operators have been told",
+            )
+            .await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     observe_workload(state, cluster, &w).await?;
+    Ok(())
+}
+
+async fn record(
+    state: &AppState,
+    w: &Workload,
+    status: InstanceStatus,
+    message: &str,
+) -> AppResult<()> {
+    instances::record_status(state, w.id, w.generation, status, message).await?;
     Ok(())
 }
 
@@ -167,7 +211,7 @@ async fn observe_workload(
     state: &AppState,
     cluster: &Cluster,
     w: &Workload,
-) -> AppResult<Option<InstanceStatus>> {
+) -> AppResult<InstanceStatus> {
     let name = objects::object_name(&w.subdomain);
     let found = cluster.find(&w.namespace, &name, w.id).await?;
     let restarted_at = w.restarted_at.map(|t| t.to_rfc3339());
@@ -179,11 +223,11 @@ async fn observe_workload(
         restarted_at: restarted_at.as_deref(),
         url: w.public_url.as_deref(),
     });
-    let changed = instances::record_status(state, w.id, w.desired_state, status, &message).await?;
+    let changed = instances::record_status(state, w.id, w.generation, status, &message).await?;
     if let Some(i) = &changed {
         tracing::info!(instance = %w.id, status = i.status.as_str(), %message, "instance status");
     }
-    Ok(Some(status))
+    Ok(status)
 }
 
 /// Reconciles every instance that is not where it should be: not yet TERMINATED and
@@ -206,21 +250,28 @@ pub async fn resync(state: &AppState) -> AppResult<()> {
             Some((id, d.spec?.replicas.unwrap_or(1)))
         })
         .collect();
-    let rows = instances::unsettled(state, RESYNC_BATCH).await?;
     let mut passes = 0;
-    for i in rows {
-        let replicas = deployed.get(&i.id.to_string()).copied();
-        let settled = match i.desired_state {
-            DesiredState::Running => i.status == InstanceStatus::Running && replicas == Some(1),
-            DesiredState::Stopped => i.status == InstanceStatus::Stopped && replicas == Some(0),
-            DesiredState::Deleted => false,
+    let mut after = None;
+    loop {
+        let rows = instances::unsettled(state, after, RESYNC_BATCH).await?;
+        let Some(last) = rows.last() else {
+            break;
         };
-        if settled {
-            continue;
-        }
-        passes += 1;
-        if let Err(e) = reconcile(state, i.id).await {
-            tracing::warn!(instance = %i.id, error = ?e, "resync of an instance failed");
+        after = Some(last.id);
+        for i in rows {
+            let replicas = deployed.get(&i.id.to_string()).copied();
+            let settled = match i.desired_state {
+                DesiredState::Running => i.status == InstanceStatus::Running && replicas == Some(1),
+                DesiredState::Stopped => i.status == InstanceStatus::Stopped && replicas == Some(0),
+                DesiredState::Deleted => false,
+            };
+            if settled {
+                continue;
+            }
+            passes += 1;
+            if let Err(e) = reconcile(state, i.id).await {
+                tracing::warn!(instance = %i.id, error = ?e, "resync of an instance failed");
+            }
         }
     }
     if passes > 0 {

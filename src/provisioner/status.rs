@@ -44,32 +44,49 @@ fn running(o: &Observed<'_>) -> (InstanceStatus, String) {
     if !o.deployed {
         return (Provisioning, "creating the app's resources".into());
     }
-    let current: Vec<&Pod> = o
+    // Pods being deleted or finished for good (an evicted one lingers) say nothing about
+    // the app now; the newest of the others does.
+    let mut current: Vec<&Pod> = o
         .pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Failed" | "Succeeded")
+            )
+        })
         .collect();
-    // A pod from before a restart that asked for one: the restart is under way.
-    if o.restarted_at.is_some() && current.iter().any(|p| restarted_at(p) != o.restarted_at) {
+    current.sort_by(|a, b| {
+        b.metadata
+            .creation_timestamp
+            .cmp(&a.metadata.creation_timestamp)
+    });
+    // A restart is under way until a pod of the restarted template runs alone.
+    if o.restarted_at.is_some()
+        && (current.iter().any(|p| restarted_at(p) != o.restarted_at)
+            || !o.pods.iter().any(|p| restarted_at(p) == o.restarted_at))
+    {
         return (Restarting, "restarting".into());
     }
     let Some(pod) = current.first() else {
         return (Provisioning, "starting the app's container".into());
     };
-    if let Some(unscheduled) = pod
+    // The scheduler's own words name other nodes and taints: for the operators (the pod's
+    // events), not for customers.
+    let unscheduled = pod
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| {
+        .is_some_and(|c| {
             c.iter()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-        })
-    {
-        let why = unscheduled
-            .message
-            .as_deref()
-            .unwrap_or("no node can take it");
-        return (Provisioning, format!("waiting for its node: {why}"));
+                .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+        });
+    if unscheduled {
+        return (
+            Provisioning,
+            "waiting for its worker node to take the app".into(),
+        );
     }
     let containers = pod
         .status
@@ -144,6 +161,48 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn a_restart_is_under_way_until_a_pod_of_its_template_runs_alone() {
+        let at = "2026-11-22T10:00:00.123456+00:00";
+        let running = |annotation: Option<&str>| -> Pod {
+            let mut v = json!({ "metadata": { "name": "p" }, "status": { "phase": "Running",
+                "containerStatuses": [{ "name": "app", "image": "x:1", "imageID": "", "ready": true,
+                "restartCount": 0, "state": { "running": {} } }] } });
+            if let Some(a) = annotation {
+                v["metadata"]["annotations"] =
+                    json!({ crate::provisioner::objects::RESTARTED_AT: a });
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let observe = |pods: &[Pod]| {
+            status_of(&Observed {
+                desired: DesiredState::Running,
+                deployed: true,
+                any_object: true,
+                pods,
+                restarted_at: Some(at),
+                url: None,
+            })
+            .0
+        };
+        assert_eq!(
+            observe(&[running(None)]),
+            InstanceStatus::Restarting,
+            "old pod only"
+        );
+        assert_eq!(
+            observe(&[]),
+            InstanceStatus::Restarting,
+            "old gone, new not yet made"
+        );
+        assert_eq!(
+            observe(&[running(None), running(Some(at))]),
+            InstanceStatus::Restarting,
+            "both"
+        );
+        assert_eq!(observe(&[running(Some(at))]), InstanceStatus::Running);
+    }
+
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(json!({ "metadata": { "name": "p" }, "status": status })).unwrap()
     }
@@ -189,6 +248,18 @@ mod tests {
             "type": "PodScheduled", "status": "False", "message": "node x not found" }] });
         let (s, m) = observe(DesiredState::Running, &[pod(unscheduled)]);
         assert_eq!(s, Provisioning);
-        assert!(m.contains("node x not found"), "{m}");
+        assert!(
+            !m.contains("node x"),
+            "no scheduler internals for customers: {m}"
+        );
+        let evicted = json!({ "phase": "Failed", "reason": "Evicted" });
+        let ready2 = json!({ "phase": "Running", "containerStatuses": [{
+            "name": "app", "image": "x:1", "imageID": "", "ready": true, "restartCount": 0,
+            "state": { "running": {} } }] });
+        assert_eq!(
+            observe(DesiredState::Running, &[pod(evicted), pod(ready2)]).0,
+            Running,
+            "an evicted leftover says nothing"
+        );
     }
 }

@@ -82,7 +82,7 @@ pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings
         ("PODIUM_JWT_SECRET".into(), JWT_SECRET.into()),
         ("PODIUM_LISTEN".into(), "127.0.0.1:0".into()),
         ("PODIUM_WORKERS".into(), "1".into()),
-        ("PODIUM_DB_POOL_SIZE".into(), "4".into()),
+        ("PODIUM_DB_POOL_SIZE".into(), "8".into()),
         // The billing jobs run when a test runs them (on the clock it moves), not on a
         // cron tick that could land in the middle of it; tests of the schedules set their own.
         ("PODIUM_BILLING_RENEWAL_CRON".into(), NEVER.into()),

@@ -137,6 +137,7 @@ async fn pods(app: &TestApp, ns: &str) -> Vec<Pod> {
 
 /// Opens a socket and subscribes to status events (of one instance, or all the caller's).
 async fn status_events(app: &TestApp, s: &Session, protocol: &str, id: Option<&str>) -> Ws {
+    let before = app.state.events.subscribers();
     let mut ws = connect(app, protocol).await;
     send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", s.access) } })).await;
     assert_eq!(recv(&mut ws).await["type"], "connection_ack");
@@ -146,15 +147,11 @@ async fn status_events(app: &TestApp, s: &Session, protocol: &str, id: Option<&s
         "subscribe"
     };
     send(&mut ws, json!({ "id": "1", "type": start, "payload": { "query": STATUS_EVENTS, "variables": { "id": id } } })).await;
-    wait_for_subscribers(app, 1).await;
-    ws
-}
-
-async fn wait_for_subscribers(app: &TestApp, n: usize) {
     eventually("the subscriber listens", || async {
-        app.state.events.subscribers() >= n
+        app.state.events.subscribers() > before
     })
     .await;
+    ws
 }
 
 /// Reads status events until one with `status`; returns every event read.
@@ -742,4 +739,73 @@ async fn real_cluster_subscribe_run_stop_start_delete() {
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(kube(&app))
         .delete(&ns, &Default::default())
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_status_and_logs_of_someone_elses_instance_are_not_found_and_a_demoted_administrator_stops_following()
+ {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    ready_node(&app, &admin, "node-a", 8).await;
+    let (owner, _, id) = customer_with_instance(&app, &admin, "n8n", "Basic").await;
+    wait_status(&app, &owner, &id, "RUNNING").await;
+    let (stranger, _) = app.register("stranger").await;
+    for query in [
+        "subscription($id: ID) { instanceStatusChanged(instanceId: $id) { status } }",
+        "subscription($id: ID!) { instanceLogLines(instanceId: $id) }",
+    ] {
+        let mut ws = connect(&app, "graphql-transport-ws").await;
+        send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", stranger.access) } })).await;
+        assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+        send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": { "id": id } } })).await;
+        let answer = recv(&mut ws).await;
+        let errors = if answer["type"] == "error" {
+            &answer["payload"]
+        } else {
+            &answer["payload"]["errors"]
+        };
+        assert_eq!(errors[0]["extensions"]["code"], "NOT_FOUND", "{answer}");
+        assert!(answer["payload"]["data"].is_null(), "{answer}");
+    }
+
+    // A second administrator follows the customer's log, then is demoted: the socket stays
+    // (what a USER may do still works) but the log stream ends.
+    let (second, email) = app.register("second-admin").await;
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { updateUser(id: $id, input: {role: ADMINISTRATOR}) { id } }",
+        json!({ "id": second.user_id }),
+    )
+    .await
+    .ok();
+    let second = app.login(&email, PASSWORD).await;
+    let mut ws = connect(&app, "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", second.access) } })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe", "payload": {
+        "query": "subscription($id: ID!) { instanceLogLines(instanceId: $id, tailLines: 5) }",
+        "variables": { "id": id } } }),
+    )
+    .await;
+    assert!(recv(&mut ws).await["payload"]["data"]["instanceLogLines"].is_string());
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { updateUser(id: $id, input: {role: USER}) { id } }",
+        json!({ "id": second.user_id }),
+    )
+    .await
+    .ok();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let m = recv(&mut ws).await;
+            if m["type"] == "complete" || m["type"] == "error" {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the log stream of a demoted administrator ends");
+    assert_eq!(ended["id"], "1");
 }
