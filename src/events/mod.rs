@@ -27,13 +27,43 @@ use crate::db::Conn;
 pub const CHANNEL: &str = "podium_events";
 
 /// One event: its topic and its payload.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Message {
     pub topic: String,
     pub payload: serde_json::Value,
+    /// The payload decoded once for all of this process's subscribers (see
+    /// `decode_shared`): one event may go to thousands of them.
+    #[serde(skip)]
+    decoded: Arc<std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl Message {
+    pub fn new(topic: String, payload: serde_json::Value) -> Self {
+        Message {
+            topic,
+            payload,
+            decoded: Arc::default(),
+        }
+    }
+
+    /// Like `decode`, but decoded by the first caller only; the others get a clone.
+    pub fn decode_shared<T>(&self, topic: &str) -> Option<T>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if self.topic != topic {
+            return None;
+        }
+        let decoded = self
+            .decoded
+            .get_or_init(|| Arc::new(self.decode::<T>(topic)));
+        match decoded.downcast_ref::<Option<T>>() {
+            Some(value) => value.clone(),
+            // Read as another type first (never on the same topic in practice).
+            None => self.decode(topic),
+        }
+    }
+
     /// The payload as a `T`, if the message is on `topic` (and reads as one).
     pub fn decode<T: DeserializeOwned>(&self, topic: &str) -> Option<T> {
         if self.topic != topic {
@@ -52,10 +82,10 @@ pub async fn publish(
     topic: &str,
     payload: &impl Serialize,
 ) -> diesel::QueryResult<()> {
-    let payload = serde_json::to_string(&Message {
-        topic: topic.to_string(),
-        payload: serde_json::to_value(payload).expect("events serialize"),
-    })
+    let payload = serde_json::to_string(&Message::new(
+        topic.to_string(),
+        serde_json::to_value(payload).expect("events serialize"),
+    ))
     .expect("events serialize");
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(CHANNEL)

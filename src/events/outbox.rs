@@ -362,10 +362,7 @@ impl Tailer {
         // can't deliver a row twice or skip one.
         for row in rows {
             tracing::trace!(id = row.id, topic = %row.topic, "outbox event");
-            self.bus.deliver(Message {
-                topic: row.topic,
-                payload: row.payload,
-            });
+            self.bus.deliver(Message::new(row.topic, row.payload));
         }
         self.cursor = Some(next);
         Ok(full)

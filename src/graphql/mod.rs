@@ -222,7 +222,7 @@ pub fn live<T, O, F, Fut>(
     deliver: F,
 ) -> AppResult<impl futures_util::Stream<Item = O> + use<T, O, F, Fut>>
 where
-    T: serde::de::DeserializeOwned + Send + 'static,
+    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
     O: Send + 'static,
     F: Fn(AppState, Identity, T) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = AppResult<Option<O>>> + Send,
@@ -254,7 +254,7 @@ where
                         }
                         Err(RecvError::Closed) => return None,
                     };
-                    let Some(event) = message.decode::<T>(topic) else {
+                    let Some(event) = message.decode_shared::<T>(topic) else {
                         continue;
                     };
                     let now = match crate::auth::identity::current(

@@ -59,10 +59,7 @@ async fn commit(app: &TestApp, names: &[String]) {
         } else {
             let messages: Vec<Message> = names
                 .iter()
-                .map(|n| Message {
-                    topic: TOPIC.into(),
-                    payload: json!({ "name": n }),
-                })
+                .map(|n| Message::new(TOPIC.into(), json!({ "name": n })))
                 .collect();
             events::enqueue_all(c, &messages).await
         }
