@@ -132,9 +132,7 @@ impl InstancesQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<PodiumConnection<ServiceInstance>> {
-        let page = PageArgs::new(first, after.as_deref())?;
-        let found = service::list(ctx.state(), ctx.identity(), false, page).await?;
-        Ok(connection(found, ServiceInstance::cursor, |i| i))
+        list(ctx, first, after, false).await
     }
 
     /// Administrators: every instance, newest first.
@@ -145,9 +143,7 @@ impl InstancesQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<PodiumConnection<ServiceInstance>> {
-        let page = PageArgs::new(first, after.as_deref())?;
-        let found = service::list(ctx.state(), ctx.identity(), true, page).await?;
-        Ok(connection(found, ServiceInstance::cursor, |i| i))
+        list(ctx, first, after, true).await
     }
 
     /// The last `tailLines` (1..5000, default 100) lines of the instance's log.
@@ -161,6 +157,17 @@ impl InstancesQuery {
         let id = parse_id("id", &id)?;
         Ok(cluster::logs(ctx.state(), ctx.identity(), id, tail_lines, container).await?)
     }
+}
+
+async fn list(
+    ctx: &Context<'_>,
+    first: Option<i32>,
+    after: Option<String>,
+    all: bool,
+) -> Result<PodiumConnection<ServiceInstance>> {
+    let page = PageArgs::new(first, after.as_deref())?;
+    let found = service::list(ctx.state(), ctx.identity(), all, page).await?;
+    Ok(connection(found, ServiceInstance::cursor, |i| i))
 }
 
 #[derive(Default)]

@@ -92,15 +92,7 @@ pub async fn simulate_known_nodes(state: &crate::state::AppState) -> crate::erro
 
 /// The simulated Node of a worker node.
 pub fn sim_node(node: &WorkerNode) -> SimNode {
-    let labels: BTreeMap<String, String> = node
-        .labels
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let labels = string_map(&node.labels);
     SimNode {
         name: node.name.clone(),
         cpu_cores: node.cpu_cores,
@@ -110,4 +102,15 @@ pub fn sim_node(node: &WorkerNode) -> SimNode {
         architecture: node.architecture.clone(),
         labels,
     }
+}
+
+/// The string values of a JSON object (labels, annotations); others are left out.
+pub fn string_map(v: &serde_json::Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }

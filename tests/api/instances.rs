@@ -135,6 +135,18 @@ async fn pods(app: &TestApp, ns: &str) -> Vec<Pod> {
         .items
 }
 
+const LOG_LINES: &str =
+    "subscription($id: ID!, $tail: Int) { instanceLogLines(instanceId: $id, tailLines: $tail) }";
+
+/// A signed-in `graphql-transport-ws` socket with one subscription (id "1") started.
+async fn subscribed(app: &TestApp, token: &str, query: &str, variables: Value) -> Ws {
+    let mut ws = connect(app, "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })).await;
+    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
+    send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } })).await;
+    ws
+}
+
 /// Opens a socket and subscribes to status events (of one instance, or all the caller's).
 async fn status_events(app: &TestApp, s: &Session, protocol: &str, id: Option<&str>) -> Ws {
     let before = app.state.events.subscribers();
@@ -543,14 +555,11 @@ async fn log_lines_stream_live_and_stop_when_the_caller_loses_access() {
     ready_node(&app, &admin, "node-a", 8).await;
     let (owner, _, id) = customer_with_instance(&app, &admin, "uptime-kuma", "Basic").await;
     wait_status(&app, &owner, &id, "RUNNING").await;
-    let mut ws = connect(&app, "graphql-transport-ws").await;
-    send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", owner.access) } })).await;
-    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
-    send(
-        &mut ws,
-        json!({ "id": "1", "type": "subscribe", "payload": {
-        "query": "subscription($id: ID!) { instanceLogLines(instanceId: $id, tailLines: 10) }",
-        "variables": { "id": id } } }),
+    let mut ws = subscribed(
+        &app,
+        &owner.access,
+        LOG_LINES,
+        json!({ "id": id, "tail": 10 }),
     )
     .await;
     let first = recv(&mut ws).await;
@@ -754,10 +763,7 @@ async fn live_status_and_logs_of_someone_elses_instance_are_not_found_and_a_demo
         "subscription($id: ID) { instanceStatusChanged(instanceId: $id) { status } }",
         "subscription($id: ID!) { instanceLogLines(instanceId: $id) }",
     ] {
-        let mut ws = connect(&app, "graphql-transport-ws").await;
-        send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", stranger.access) } })).await;
-        assert_eq!(recv(&mut ws).await["type"], "connection_ack");
-        send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": { "id": id } } })).await;
+        let mut ws = subscribed(&app, &stranger.access, query, json!({ "id": id })).await;
         let answer = recv(&mut ws).await;
         let errors = if answer["type"] == "error" {
             &answer["payload"]
@@ -779,14 +785,11 @@ async fn live_status_and_logs_of_someone_elses_instance_are_not_found_and_a_demo
     .await
     .ok();
     let second = app.login(&email, PASSWORD).await;
-    let mut ws = connect(&app, "graphql-transport-ws").await;
-    send(&mut ws, json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", second.access) } })).await;
-    assert_eq!(recv(&mut ws).await["type"], "connection_ack");
-    send(
-        &mut ws,
-        json!({ "id": "1", "type": "subscribe", "payload": {
-        "query": "subscription($id: ID!) { instanceLogLines(instanceId: $id, tailLines: 5) }",
-        "variables": { "id": id } } }),
+    let mut ws = subscribed(
+        &app,
+        &second.access,
+        LOG_LINES,
+        json!({ "id": id, "tail": 5 }),
     )
     .await;
     assert!(recv(&mut ws).await["payload"]["data"]["instanceLogLines"].is_string());

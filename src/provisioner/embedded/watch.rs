@@ -3,7 +3,7 @@
 //! (what `kube::runtime::watcher` does after its list and after every reconnect), and a
 //! broadcast carries live events to open watch streams.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -173,14 +173,7 @@ impl Filter {
 
     pub fn matches(&self, object: &Value) -> bool {
         if let Some(selector) = &self.labels {
-            let labels: BTreeMap<String, String> = object["metadata"]["labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let labels = crate::provisioner::string_map(&object["metadata"]["labels"]);
             if !selector.matches(&labels) {
                 return false;
             }
