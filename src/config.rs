@@ -357,6 +357,8 @@ pub struct KubeSettings {
     /// The embedded kubelet: how long a container takes to start.
     pub embedded_start_delay: Duration,
     pub resync_cron: String,
+    /// Seals instances' credentials at rest; unset: derived from the JWT secret.
+    pub credentials_key: Option<Secret>,
 }
 
 fn kube_settings(env: &Env) -> Result<KubeSettings, ConfigError> {
@@ -395,6 +397,7 @@ fn kube_settings(env: &Env) -> Result<KubeSettings, ConfigError> {
             env.parse("PODIUM_EMBEDDED_KUBE_START_DELAY_MS", 2000)?,
         ),
         resync_cron: env.cron("PODIUM_INSTANCE_RESYNC_CRON", "30 * * * * *")?,
+        credentials_key: env.get("PODIUM_CREDENTIALS_KEY").map(Secret),
     })
 }
 

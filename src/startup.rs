@@ -56,6 +56,9 @@ impl Application {
         let stripe = crate::billing::stripe::Stripe::from_settings(&settings.billing)?;
         let nodes = crate::nodes::model::all(&mut *pool.get().await?).await?;
         let cluster = crate::provisioner::connect(&settings, &nodes).await?;
+        let sealer = Arc::new(crate::provisioner::credentials::Sealer::from_secret(
+            settings.kube.credentials_key.as_deref().unwrap_or(&secret),
+        ));
         let state = AppState {
             pool,
             jwt: JwtKeys::new(&secret, settings.access_token_ttl),
@@ -71,6 +74,7 @@ impl Application {
             clock: Default::default(),
             stripe,
             cluster: Some(cluster),
+            sealer,
         };
         let (shutdown, stopping) = watch::channel(false);
         let background = spawn_background(&state, &url, stopping).await;

@@ -33,6 +33,8 @@ pub struct AppState {
     pub clock: Clock,
     /// The Stripe client for top-ups; `None` without `STRIPE_SECRET_KEY`.
     pub stripe: Option<crate::billing::stripe::Stripe>,
+    /// Seals instances' credentials at rest.
+    pub sealer: Arc<crate::provisioner::credentials::Sealer>,
     /// The Kubernetes cluster instances run on (the embedded one by default).
     pub cluster: Option<crate::provisioner::cluster::Cluster>,
 }

@@ -158,6 +158,7 @@ diesel::table! {
         restarted_at -> Nullable<Timestamptz>,
         placed_at -> Nullable<Timestamptz>,
         generation -> Int8,
+        credentials -> Nullable<Bytea>,
     }
 }
 

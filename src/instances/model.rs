@@ -99,6 +99,9 @@ pub struct ServiceInstance {
     pub placed_at: Option<DateTime<Utc>>,
     /// Bumped by every change of what it should be; see `set_status`.
     pub generation: i64,
+    /// Sealed (see `provisioner::credentials`); never in events or logs.
+    #[serde(skip)]
+    pub credentials: Option<Vec<u8>>,
 }
 
 #[derive(Insertable, Debug)]
@@ -304,6 +307,8 @@ pub struct Workload {
     pub restarted_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub generation: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bytea>)]
+    pub credentials: Option<Vec<u8>>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
     pub node_id: Option<Uuid>,
     #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
@@ -329,7 +334,7 @@ pub struct Workload {
 pub async fn workload(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Workload>> {
     diesel::sql_query(
         "SELECT i.id, i.subscription_id, i.user_id, COALESCE(i.namespace, '') AS namespace,
-                i.subdomain, i.public_url, i.desired_state, i.status, i.restarted_at, i.generation,
+                i.subdomain, i.public_url, i.desired_state, i.status, i.restarted_at, i.generation, i.credentials,
                 i.node_id, n.name AS node_name, sv.slug AS service_slug,
                 sv.docker_image AS image, sv.container_port, sv.volume_mount_path,
                 sv.env_template, p.cpu_milli, p.memory_mb, p.storage_gb
@@ -405,4 +410,12 @@ pub async fn unplace_from(
         moved.push((b.status, after));
     }
     Ok(moved)
+}
+
+/// Keeps the instance's sealed credentials.
+pub async fn store_credentials(conn: &mut Conn, id: Uuid, sealed: &[u8]) -> QueryResult<usize> {
+    diesel::update(service_instances::table.find(id))
+        .set(service_instances::credentials.eq(sealed))
+        .execute(conn)
+        .await
 }

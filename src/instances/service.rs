@@ -249,6 +249,13 @@ pub async fn workload(state: &AppState, id: Uuid) -> AppResult<Option<Workload>>
     Ok(model::workload(&mut conn, id).await?)
 }
 
+/// Keeps the instance's sealed credentials (the provisioner, internal).
+pub async fn store_credentials(state: &AppState, id: Uuid, sealed: &[u8]) -> AppResult<()> {
+    let mut conn = state.pool.get().await?;
+    model::store_credentials(&mut conn, id, sealed).await?;
+    Ok(())
+}
+
 /// Records a status the provisioner observed at `generation` (see `model::set_status`),
 /// with its event, in one transaction; returns the instance if the status changed.
 pub async fn record_status(

@@ -4,6 +4,7 @@
 //! against.
 
 pub mod cluster;
+pub mod credentials;
 pub mod embedded;
 pub mod nodesync;
 pub mod objects;

@@ -119,8 +119,22 @@ async fn pass(state: &AppState, id: Uuid) -> AppResult<()> {
         // The simulated kubelet runs the worker nodes Podium knows, however late they came.
         cluster.ensure_simulated_node(&worker).await?;
     }
-    let existing = cluster.secret_values(&w.namespace, &name).await?;
-    let spec = spec_of(&w, node, existing.as_ref());
+    // The stored credentials are the truth; an instance provisioned before they were
+    // stored keeps what its Secret holds.
+    let stored = w.credentials.as_deref().and_then(|c| state.sealer.open(c));
+    if w.credentials.is_some() && stored.is_none() {
+        return Err(AppError::Internal(anyhow::anyhow!(
+            "the instance's stored credentials do not open with the credentials key"
+        )));
+    }
+    let kept = match stored.clone() {
+        Some(env) => Some(env),
+        None => cluster.secret_values(&w.namespace, &name).await?,
+    };
+    let spec = spec_of(&w, node, kept.as_ref());
+    if stored.as_ref() != Some(&spec.env) {
+        instances::store_credentials(state, id, &state.sealer.seal(&spec.env)).await?;
+    }
     match cluster.apply(&spec).await {
         Ok(()) => {}
         // Refused for good (invalid, forbidden, over a quota): retrying the same objects

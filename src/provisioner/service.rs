@@ -7,7 +7,6 @@ use futures_util::{AsyncBufReadExt, Stream, StreamExt};
 use uuid::Uuid;
 
 use super::cluster::Cluster;
-use super::objects;
 use crate::auth::Identity;
 use crate::error::{AppError, AppResult};
 use crate::instances::service as instances;
@@ -140,10 +139,13 @@ pub async fn credentials(
             "credentials are shown to the instance's owner only".into(),
         ));
     }
-    let namespace = instance.namespace.unwrap_or_default();
-    Ok(cluster(state)?
-        .secret_values(&namespace, &objects::object_name(&instance.subdomain))
-        .await
-        .map_err(kube_failed)?
-        .unwrap_or_default())
+    match &instance.credentials {
+        // Not provisioned yet: nothing generated.
+        None => Ok(BTreeMap::new()),
+        Some(sealed) => state.sealer.open(sealed).ok_or_else(|| {
+            AppError::Internal(anyhow::anyhow!(
+                "an instance's credentials do not open with the credentials key"
+            ))
+        }),
+    }
 }

@@ -59,6 +59,7 @@ fn workload(desired: DesiredState) -> Workload {
         status: InstanceStatus::Running,
         restarted_at: None,
         generation: 0,
+        credentials: None,
         node_id: Some(Uuid::from_u128(7)),
         node_name: Some("worker-jkt-1".into()),
         service_slug: "ghost".into(),

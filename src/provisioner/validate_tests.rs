@@ -98,6 +98,7 @@ fn workload(service: &Value, desired: DesiredState) -> Workload {
         status: InstanceStatus::Provisioning,
         restarted_at: None,
         generation: 0,
+        credentials: None,
         node_id: Some(Uuid::new_v4()),
         node_name: Some("worker-jkt-1".into()),
         service_slug: slug.into(),

@@ -990,6 +990,11 @@ async fn podium_killed_while_provisioning_finishes_the_work_after_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let sealed = credentials_of(&mut conn, &id).await;
+    assert!(
+        sealed.is_some(),
+        "the generated credentials are kept, sealed"
+    );
     unsafe { libc::kill(server.0.id() as i32, libc::SIGKILL) };
     server.0.wait().unwrap();
 
@@ -1007,6 +1012,21 @@ async fn podium_killed_while_provisioning_finishes_the_work_after_a_restart() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        credentials_of(&mut conn, &id).await,
+        sealed,
+        "the lost Secret was written again with the same credentials, not new ones"
+    );
+}
+
+async fn credentials_of(conn: &mut diesel_async::AsyncPgConnection, id: &str) -> Option<Vec<u8>> {
+    use podium::db::schema::service_instances as i;
+    i::table
+        .find(id.parse::<uuid::Uuid>().unwrap())
+        .select(i::credentials)
+        .first(conn)
+        .await
+        .unwrap()
 }
 
 /// The acceptance of the provisioning issue, with the README's run command alone: the
