@@ -812,3 +812,79 @@ async fn live_status_and_logs_of_someone_elses_instance_are_not_found_and_a_demo
     .expect("the log stream of a demoted administrator ends");
     assert_eq!(ended["id"], "1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stopped_instances_keep_their_room_and_a_deleted_one_frees_it_for_a_waiting_one() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    // One core: room for two Basic plans (500 millicores each), not three.
+    ready_node(&app, &admin, "small", 1).await;
+    let user = funded_user(&app, &admin, "tenant", "500000").await;
+    let plan = plan_id(&app, "n8n", "Basic").await;
+    let mut ids = vec![];
+    for name in ["first", "second", "third"] {
+        let r = subscribe(&app, &user, &plan, name).await.ok();
+        ids.push((
+            r.str("subscribe.subscription.id"),
+            r.str("subscribe.instance.id"),
+        ));
+    }
+    wait_status(&app, &user, &ids[0].1, "RUNNING").await;
+    wait_status(&app, &user, &ids[1].1, "RUNNING").await;
+    let waiting = wait_status(&app, &user, &ids[2].1, "PENDING").await;
+    assert!(waiting["node"].is_null());
+
+    // Stopped, the first keeps its room (its volume stays on the node).
+    app.gql(
+        Some(&user.access),
+        "mutation($id: ID!) { stopInstance(id: $id) { id } }",
+        json!({ "id": ids[0].1 }),
+    )
+    .await
+    .ok();
+    wait_status(&app, &user, &ids[0].1, "STOPPED").await;
+    // A resync looks at the waiting one again, as when any room may have appeared.
+    podium::provisioner::reconcile::resync(&app.state)
+        .await
+        .unwrap();
+    assert!(
+        instance(&app, &user, &ids[2].1).await["node"].is_null(),
+        "a stopped instance's room is not given away"
+    );
+
+    // Deleted, it frees its room: the waiting one is placed.
+    app.gql(
+        Some(&user.access),
+        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+        json!({ "id": ids[0].0 }),
+    )
+    .await
+    .ok();
+    wait_status(&app, &user, &ids[0].1, "TERMINATED").await;
+    let placed = wait_status(&app, &user, &ids[2].1, "RUNNING").await;
+    assert_eq!(placed["node"]["name"], "small");
+    assert_billing_consistent(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_never_placed_is_deleted_straight_to_terminated() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (user, sub, id) = customer_with_instance(&app, &admin, "ghost", "Basic").await;
+    eventually("the provisioner looked", || async {
+        instance(&app, &user, &id).await["statusMessage"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("waiting for room"))
+    })
+    .await;
+    app.gql(
+        Some(&user.access),
+        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+        json!({ "id": sub }),
+    )
+    .await
+    .ok();
+    let gone = wait_status(&app, &user, &id, "TERMINATED").await;
+    assert_eq!(gone["desiredState"], "DELETED");
+    assert!(gone["node"].is_null());
+}
