@@ -86,3 +86,47 @@ pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option
         .await?;
     Ok(placed)
 }
+
+#[derive(QueryableByName)]
+struct Fits {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    fits: bool,
+}
+
+/// Whether the node a subscription's instance is placed on has room for it on another
+/// plan (inside the plan change's transaction, under the placement lock so that no
+/// placement takes the room meanwhile). An unplaced instance always fits here: placement
+/// will look for room for the new plan.
+pub async fn room_for_plan(
+    conn: &mut crate::db::Conn,
+    subscription_id: Uuid,
+    plan_id: Uuid,
+) -> diesel::QueryResult<bool> {
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(PLACEMENT_LOCK)
+        .execute(conn)
+        .await?;
+    let fits = diesel::sql_query(
+        "WITH me AS (
+             SELECT id, node_id FROM service_instances
+             WHERE subscription_id = $1 AND node_id IS NOT NULL AND status <> 'TERMINATED'),
+         need AS (SELECT cpu_milli, memory_mb, storage_gb FROM service_plans WHERE id = $2),
+         used AS (
+             SELECT COALESCE(sum(p.cpu_milli), 0) AS cpu, COALESCE(sum(p.memory_mb), 0) AS mem,
+                    COALESCE(sum(p.storage_gb), 0) AS storage
+             FROM me, service_instances i
+             JOIN service_subscriptions s ON s.id = i.subscription_id
+             JOIN service_plans p ON p.id = s.plan_id
+             WHERE i.node_id = me.node_id AND i.status <> 'TERMINATED' AND i.id <> me.id)
+         SELECT n.cpu_cores::bigint * 1000 - used.cpu >= need.cpu_milli
+                AND n.memory_mb - used.mem >= need.memory_mb
+                AND n.storage_mb - used.storage * 1024 >= need.storage_gb::bigint * 1024 AS fits
+         FROM me JOIN worker_nodes n ON n.id = me.node_id, need, used",
+    )
+    .bind::<SqlUuid, _>(subscription_id)
+    .bind::<SqlUuid, _>(plan_id)
+    .get_result::<Fits>(conn)
+    .await
+    .optional()?;
+    Ok(fits.is_none_or(|f| f.fits))
+}

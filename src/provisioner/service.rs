@@ -54,6 +54,16 @@ async fn pod_of(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<(S
     Ok((namespace, pod))
 }
 
+/// Whether a subscription's instance can take another plan's resources where it runs
+/// (billing's plan change asks, inside its transaction).
+pub async fn room_for_plan(
+    conn: &mut crate::db::Conn,
+    subscription_id: Uuid,
+    plan_id: Uuid,
+) -> AppResult<bool> {
+    Ok(super::placement::room_for_plan(conn, subscription_id, plan_id).await?)
+}
+
 /// The last `tail_lines` lines of the instance's log (owner or administrator).
 pub async fn logs(
     state: &AppState,

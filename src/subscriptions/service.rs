@@ -410,8 +410,15 @@ pub async fn change_plan(
             same_currency(state, &new)?;
             let wallet = billing::lock_wallet(conn, sub.user_id, &sub.currency).await?;
             plan_limit(conn, sub.user_id, &new).await?;
-            // Every step takes its rows in one order (subscription, wallet, plans by id,
-            // the invoice counter last), so no two steps can wait on each other.
+            if !crate::provisioner::service::room_for_plan(conn, sub.id, new.plan.id).await? {
+                return Err(AppError::Conflict(format!(
+                    "the worker node this instance runs on has no room for the {} plan",
+                    new.plan.name
+                )));
+            }
+            // Every step takes its rows in one order (subscription, wallet, the placement
+            // lock, plans by id, the invoice counter last), so no two steps can wait on each
+            // other.
             catalog::move_quota(conn, old.plan.id, new.plan.id).await?;
             let (start, end) = (sub.current_period_start, sub.current_period_end);
             let unused = prorate(sub.price, start, end, now);

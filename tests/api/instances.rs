@@ -888,3 +888,67 @@ async fn an_instance_never_placed_is_deleted_straight_to_terminated() {
     assert_eq!(gone["desiredState"], "DELETED");
     assert!(gone["node"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bigger_plan_that_its_node_has_no_room_for_is_refused_and_changes_nothing() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    ready_node(&app, &admin, "small", 1).await;
+    let user = funded_user(&app, &admin, "grower", "500000").await;
+    let basic = plan_id(&app, "n8n", "Basic").await;
+    let standard = plan_id(&app, "n8n", "Standard").await;
+    let first = subscribe(&app, &user, &basic, "first").await.ok();
+    let second = subscribe(&app, &user, &basic, "second").await.ok();
+    for r in [&first, &second] {
+        wait_status(&app, &user, &r.str("subscribe.instance.id"), "RUNNING").await;
+    }
+    let change = "mutation($id: ID!, $plan: ID!) { changeSubscriptionPlan(id: $id, planId: $plan) { plan { name } } }";
+    let before = crate::billing::balance(&app, &user).await;
+    let refused = app
+        .gql(
+            Some(&user.access),
+            change,
+            json!({ "id": first.str("subscribe.subscription.id"), "plan": standard }),
+        )
+        .await;
+    assert_eq!(refused.code(), "CONFLICT");
+    assert!(
+        refused.error()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no room"),
+        "{:?}",
+        refused.0
+    );
+    assert_eq!(
+        crate::billing::balance(&app, &user).await,
+        before,
+        "nothing charged"
+    );
+
+    // With the other instance gone, the node has room for it.
+    app.gql(
+        Some(&user.access),
+        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+        json!({ "id": second.str("subscribe.subscription.id") }),
+    )
+    .await
+    .ok();
+    wait_status(
+        &app,
+        &user,
+        &second.str("subscribe.instance.id"),
+        "TERMINATED",
+    )
+    .await;
+    let changed = app
+        .gql(
+            Some(&user.access),
+            change,
+            json!({ "id": first.str("subscribe.subscription.id"), "plan": standard }),
+        )
+        .await
+        .ok();
+    assert_eq!(changed.str("changeSubscriptionPlan.plan.name"), "Standard");
+    assert_billing_consistent(&app).await;
+}
