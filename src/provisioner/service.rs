@@ -74,13 +74,18 @@ pub async fn logs(
 ) -> AppResult<String> {
     let lines = tail(tail_lines)?;
     let (namespace, pod) = pod_of(state, identity, id).await?;
+    let named = container.is_some();
     cluster(state)?
         .logs(&namespace, &pod, container, lines)
         .await
         .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 400 || s.code == 404 => {
+            kube::Error::Api(s) if named && s.code == 404 => {
                 AppError::field("container", "no such container in the instance")
             }
+            // The kubelet has no log yet: the container is still being created.
+            kube::Error::Api(s) if s.code == 400 => AppError::Conflict(
+                "the instance's container has not started yet: try again in a moment".into(),
+            ),
             e => kube_failed(e),
         })
 }
