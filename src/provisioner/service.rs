@@ -79,7 +79,8 @@ pub async fn logs(
         .logs(&namespace, &pod, container, lines)
         .await
         .map_err(|e| match e {
-            kube::Error::Api(s) if named && s.code == 404 => {
+            // Kubernetes: 400 "container x is not valid for pod y" (a stand-in may say 404).
+            kube::Error::Api(s) if named && (s.code == 404 || s.message.contains("not valid")) => {
                 AppError::field("container", "no such container in the instance")
             }
             // The kubelet has no log yet: the container is still being created.
