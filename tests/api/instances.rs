@@ -135,6 +135,26 @@ async fn pods(app: &TestApp, ns: &str) -> Vec<Pod> {
         .items
 }
 
+/// Cancels a subscription now: its instance is deleted.
+async fn cancel_now(app: &TestApp, s: &Session, subscription: &str) -> Gql {
+    app.gql(
+        Some(&s.access),
+        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
+        json!({ "id": subscription }),
+    )
+    .await
+}
+
+/// `startInstance`, `stopInstance` or `restartInstance`.
+async fn operate(app: &TestApp, s: &Session, operation: &str, id: &str) -> Gql {
+    app.gql(
+        Some(&s.access),
+        &format!("mutation($id: ID!) {{ {operation}(id: $id) {{ id status desiredState }} }}"),
+        json!({ "id": id }),
+    )
+    .await
+}
+
 const LOG_LINES: &str =
     "subscription($id: ID!, $tail: Int) { instanceLogLines(instanceId: $id, tailLines: $tail) }";
 
@@ -232,14 +252,7 @@ async fn subscribing_brings_provisioning_then_running_over_a_websocket_and_stop_
         let (ns, name) = names(&user, &i);
         assert_eq!(replicas(&app, &ns, &name).await, Some(1));
 
-        let stopped = app
-            .gql(
-                Some(&user.access),
-                "mutation($id: ID!) { stopInstance(id: $id) { status desiredState } }",
-                json!({ "id": id }),
-            )
-            .await
-            .ok();
+        let stopped = operate(&app, &user, "stopInstance", &id).await.ok();
         assert_eq!(stopped.str("stopInstance.desiredState"), "STOPPED");
         let events = events_until(&mut ws, "STOPPED").await;
         assert_chained(&events, "RUNNING");
@@ -399,13 +412,7 @@ async fn billing_suspension_scales_to_zero_recovery_scales_back_and_expiry_remov
     let stopped = wait_status(&app, &user, &id, "STOPPED").await;
     assert_eq!(stopped["desiredState"], "STOPPED");
     assert_eq!(replicas(&app, &ns, &name).await, Some(0));
-    let refused = app
-        .gql(
-            Some(&user.access),
-            "mutation($id: ID!) { startInstance(id: $id) { status } }",
-            json!({ "id": id }),
-        )
-        .await;
+    let refused = operate(&app, &user, "startInstance", &id).await;
     assert_eq!(refused.code(), "CONFLICT", "suspended: no starting it");
 
     // A payment settles the debt: running again.
@@ -512,13 +519,7 @@ async fn owners_and_administrators_operate_others_get_not_found_and_credentials_
         )
         .await;
     assert_eq!(bad.code(), "BAD_USER_INPUT");
-    app.gql(
-        Some(&admin.access),
-        "mutation($id: ID!) { stopInstance(id: $id) { id } }",
-        json!({ "id": id }),
-    )
-    .await
-    .ok();
+    operate(&app, &admin, "stopInstance", &id).await.ok();
     wait_status(&app, &owner, &id, "STOPPED").await;
     let audit = app
         .gql(
@@ -530,13 +531,7 @@ async fn owners_and_administrators_operate_others_get_not_found_and_credentials_
         .ok();
     assert!(audit.0.to_string().contains("instance.stop"));
     // The key survives stop and start: re-applying never rotates a password.
-    app.gql(
-        Some(&owner.access),
-        "mutation($id: ID!) { startInstance(id: $id) { id } }",
-        json!({ "id": id }),
-    )
-    .await
-    .ok();
+    operate(&app, &owner, "startInstance", &id).await.ok();
     wait_status(&app, &owner, &id, "RUNNING").await;
     let again = app
         .gql(Some(&owner.access), creds, json!({ "id": id }))
@@ -733,13 +728,7 @@ async fn real_cluster_subscribe_run_stop_start_delete() {
     wait("STOPPED").await;
     op("startInstance").await.ok();
     wait("RUNNING").await;
-    app.gql(
-        Some(&user.access),
-        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
-        json!({ "id": sub }),
-    )
-    .await
-    .ok();
+    cancel_now(&app, &user, &sub).await.ok();
     wait("TERMINATED").await;
     let ns = format!(
         "podium-u-{}",
@@ -835,13 +824,7 @@ async fn stopped_instances_keep_their_room_and_a_deleted_one_frees_it_for_a_wait
     assert!(waiting["node"].is_null());
 
     // Stopped, the first keeps its room (its volume stays on the node).
-    app.gql(
-        Some(&user.access),
-        "mutation($id: ID!) { stopInstance(id: $id) { id } }",
-        json!({ "id": ids[0].1 }),
-    )
-    .await
-    .ok();
+    operate(&app, &user, "stopInstance", &ids[0].1).await.ok();
     wait_status(&app, &user, &ids[0].1, "STOPPED").await;
     // A resync looks at the waiting one again, as when any room may have appeared.
     podium::provisioner::reconcile::resync(&app.state)
@@ -853,13 +836,7 @@ async fn stopped_instances_keep_their_room_and_a_deleted_one_frees_it_for_a_wait
     );
 
     // Deleted, it frees its room: the waiting one is placed.
-    app.gql(
-        Some(&user.access),
-        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
-        json!({ "id": ids[0].0 }),
-    )
-    .await
-    .ok();
+    cancel_now(&app, &user, &ids[0].0).await.ok();
     wait_status(&app, &user, &ids[0].1, "TERMINATED").await;
     let placed = wait_status(&app, &user, &ids[2].1, "RUNNING").await;
     assert_eq!(placed["node"]["name"], "small");
@@ -877,13 +854,7 @@ async fn an_instance_never_placed_is_deleted_straight_to_terminated() {
             .is_some_and(|m| m.starts_with("waiting for room"))
     })
     .await;
-    app.gql(
-        Some(&user.access),
-        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
-        json!({ "id": sub }),
-    )
-    .await
-    .ok();
+    cancel_now(&app, &user, &sub).await.ok();
     let gone = wait_status(&app, &user, &id, "TERMINATED").await;
     assert_eq!(gone["desiredState"], "DELETED");
     assert!(gone["node"].is_null());
@@ -927,13 +898,9 @@ async fn a_bigger_plan_that_its_node_has_no_room_for_is_refused_and_changes_noth
     );
 
     // With the other instance gone, the node has room for it.
-    app.gql(
-        Some(&user.access),
-        "mutation($id: ID!) { cancelSubscription(id: $id, atPeriodEnd: false) { status } }",
-        json!({ "id": second.str("subscribe.subscription.id") }),
-    )
-    .await
-    .ok();
+    cancel_now(&app, &user, &second.str("subscribe.subscription.id"))
+        .await
+        .ok();
     wait_status(
         &app,
         &user,
