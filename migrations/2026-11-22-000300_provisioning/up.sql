@@ -11,5 +11,5 @@ ALTER TABLE service_instances
     ADD COLUMN credentials BYTEA;
 
 CREATE INDEX service_instances_node ON service_instances (node_id) WHERE node_id IS NOT NULL;
-CREATE INDEX service_instances_unsettled ON service_instances (updated_at)
+CREATE INDEX service_instances_unsettled ON service_instances (id)
     WHERE status <> 'TERMINATED';

@@ -232,7 +232,9 @@ pub async fn set_status(
     let Some(before) = lock(conn, id).await? else {
         return Ok(None);
     };
-    if before.generation != generation
+    // TERMINATED is final: nothing observed later (a late pod event) reopens it.
+    if before.status == InstanceStatus::Terminated
+        || before.generation != generation
         || (before.status == status && before.status_message.as_deref() == Some(message))
     {
         return Ok(None);
@@ -416,6 +418,13 @@ pub async fn unplace_from(
 pub async fn store_credentials(conn: &mut Conn, id: Uuid, sealed: &[u8]) -> QueryResult<usize> {
     diesel::update(service_instances::table.find(id))
         .set(service_instances::credentials.eq(sealed))
+        .execute(conn)
+        .await
+}
+
+pub async fn bump_generation(conn: &mut Conn, id: Uuid) -> QueryResult<usize> {
+    diesel::update(service_instances::table.find(id))
+        .set(service_instances::generation.eq(service_instances::generation + 1))
         .execute(conn)
         .await
 }

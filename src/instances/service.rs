@@ -116,6 +116,13 @@ pub async fn queue_reconcile(conn: &mut Conn, instance_id: Uuid) -> AppResult<()
     Ok(())
 }
 
+/// Its plan changed (inside the change's transaction): passes that read the old plan
+/// write no status.
+pub async fn resources_changed(conn: &mut Conn, instance_id: Uuid) -> AppResult<()> {
+    model::bump_generation(conn, instance_id).await?;
+    Ok(())
+}
+
 /// After a commit that queued work or events: wake this replica's workers and outbox.
 fn committed(state: &AppState) {
     state.jobs_wakeup.notify_waiters();

@@ -7,11 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hmac::{Hmac, Mac};
 use rand::RngExt;
 use sha2::Sha256;
+use uuid::Uuid;
 
 const NONCE_LEN: usize = 12;
 
@@ -29,26 +30,42 @@ impl Sealer {
         }
     }
 
-    /// A random nonce, then the ciphertext of the environment as JSON.
-    pub fn seal(&self, env: &BTreeMap<String, String>) -> Vec<u8> {
+    /// A random nonce, then the ciphertext of the environment as JSON, bound to its
+    /// instance (sealed credentials copied to another row do not open there).
+    pub fn seal(&self, instance: Uuid, env: &BTreeMap<String, String>) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill(&mut nonce);
         let plain = serde_json::to_vec(env).expect("strings serialize");
         let sealed = self
             .cipher
-            .encrypt(&Nonce::from(nonce), plain.as_slice())
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plain,
+                    aad: instance.as_bytes(),
+                },
+            )
             .expect("sealing never fails");
         [nonce.as_slice(), &sealed].concat()
     }
 
     /// `None` when the bytes were not sealed with this key (or were tampered with).
-    pub fn open(&self, sealed: &[u8]) -> Option<BTreeMap<String, String>> {
+    pub fn open(&self, instance: Uuid, sealed: &[u8]) -> Option<BTreeMap<String, String>> {
         if sealed.len() < NONCE_LEN {
             return None;
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_from(nonce).ok()?;
-        let plain = self.cipher.decrypt(&nonce, body).ok()?;
+        let plain = self
+            .cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: body,
+                    aad: instance.as_bytes(),
+                },
+            )
+            .ok()?;
         serde_json::from_slice(&plain).ok()
     }
 }
@@ -61,13 +78,15 @@ mod tests {
     fn sealed_credentials_open_only_with_their_key() {
         let env = BTreeMap::from([("PASSWORD".to_string(), "s3cret".to_string())]);
         let sealer = Sealer::from_secret("one key");
-        let sealed = sealer.seal(&env);
+        let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let sealed = sealer.seal(id, &env);
         assert!(!String::from_utf8_lossy(&sealed).contains("s3cret"));
-        assert_eq!(sealer.open(&sealed), Some(env.clone()));
-        assert_ne!(sealer.seal(&env), sealed, "a fresh nonce each time");
-        assert_eq!(Sealer::from_secret("another key").open(&sealed), None);
+        assert_eq!(sealer.open(id, &sealed), Some(env.clone()));
+        assert_ne!(sealer.seal(id, &env), sealed, "a fresh nonce each time");
+        assert_eq!(Sealer::from_secret("another key").open(id, &sealed), None);
+        assert_eq!(sealer.open(other, &sealed), None, "bound to its instance");
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
-        assert_eq!(sealer.open(&tampered), None);
+        assert_eq!(sealer.open(id, &tampered), None);
     }
 }

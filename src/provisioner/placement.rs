@@ -26,9 +26,14 @@ pub struct Placed {
     pub generation: i64,
 }
 
-/// Places the instance if it is still unplaced and a node fits; `None` when none does.
-/// An instance another pass placed meanwhile keeps that node.
-pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option<Placed>> {
+/// Places the instance if it is still unplaced, still wanted running at the `generation`
+/// the pass read, and a node fits; `None` otherwise (no room, or the instance changed: its
+/// own pass comes). An instance another pass placed meanwhile keeps that node.
+pub async fn place(
+    state: &AppState,
+    instance_id: Uuid,
+    generation: i64,
+) -> anyhow::Result<Option<Placed>> {
     let mut conn = state.pool.get().await?;
     let placed = conn
         .transaction(async |conn| {
@@ -39,9 +44,10 @@ pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option
             let already = diesel::sql_query(
                 "SELECT n.id AS node_id, n.name AS node_name, i.generation
                  FROM service_instances i JOIN worker_nodes n ON n.id = i.node_id
-                 WHERE i.id = $1",
+                 WHERE i.id = $1 AND i.generation = $2",
             )
             .bind::<SqlUuid, _>(instance_id)
+            .bind::<diesel::sql_types::BigInt, _>(generation)
             .get_result::<Placed>(conn)
             .await
             .optional()?;
@@ -54,7 +60,8 @@ pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option
                      FROM service_instances i
                      JOIN service_subscriptions s ON s.id = i.subscription_id
                      JOIN service_plans p ON p.id = s.plan_id
-                     WHERE i.id = $1 AND i.node_id IS NULL),
+                     WHERE i.id = $1 AND i.node_id IS NULL AND i.generation = $2
+                       AND i.desired_state = 'RUNNING'),
                  used AS (
                      SELECT i.node_id, sum(p.cpu_milli) AS cpu, sum(p.memory_mb) AS mem,
                             sum(p.storage_gb) AS storage, count(*) AS pods
@@ -75,10 +82,11 @@ pub async fn place(state: &AppState, instance_id: Uuid) -> anyhow::Result<Option
                      LIMIT 1)
                  UPDATE service_instances i
                  SET node_id = chosen.id, placed_at = now(), generation = i.generation + 1
-                 FROM chosen WHERE i.id = $1 AND i.node_id IS NULL
+                 FROM chosen WHERE i.id = $1 AND i.node_id IS NULL AND i.generation = $2
                  RETURNING chosen.id AS node_id, chosen.name AS node_name, i.generation",
             )
             .bind::<SqlUuid, _>(instance_id)
+            .bind::<diesel::sql_types::BigInt, _>(generation)
             .get_result::<Placed>(conn)
             .await
             .optional()

@@ -83,7 +83,7 @@ async fn pass(state: &AppState, id: Uuid) -> AppResult<()> {
             record(state, &w, InstanceStatus::Stopped, "stopped").await?;
             return Ok(());
         }
-        match placement::place(state, id)
+        match placement::place(state, id, w.generation)
             .await
             .map_err(AppError::Internal)?
         {
@@ -121,7 +121,10 @@ async fn pass(state: &AppState, id: Uuid) -> AppResult<()> {
     }
     // The stored credentials are the truth; an instance provisioned before they were
     // stored keeps what its Secret holds.
-    let stored = w.credentials.as_deref().and_then(|c| state.sealer.open(c));
+    let stored = w
+        .credentials
+        .as_deref()
+        .and_then(|c| state.sealer.open(id, c));
     if w.credentials.is_some() && stored.is_none() {
         return Err(AppError::Internal(anyhow::anyhow!(
             "the instance's stored credentials do not open with the credentials key"
@@ -133,16 +136,14 @@ async fn pass(state: &AppState, id: Uuid) -> AppResult<()> {
     };
     let spec = spec_of(&w, node, kept.as_ref());
     if stored.as_ref() != Some(&spec.env) {
-        instances::store_credentials(state, id, &state.sealer.seal(&spec.env)).await?;
+        instances::store_credentials(state, id, &state.sealer.seal(id, &spec.env)).await?;
     }
     match cluster.apply(&spec).await {
         Ok(()) => {}
         // Refused for good (invalid, forbidden, over a quota): retrying the same objects
         // changes nothing until an operator does. The owner sees FAILED; the resync tries
         // again every pass.
-        Err(kube::Error::Api(e))
-            if (400..500).contains(&e.code) && ![409, 429].contains(&e.code) =>
-        {
+        Err(kube::Error::Api(e)) if [400, 403, 404, 422].contains(&e.code) => {
             tracing::error!(instance = %id, code = e.code, reason = %e.reason, message = %e.message,
                 "the cluster refused an instance's objects");
             record(

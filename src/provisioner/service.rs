@@ -158,7 +158,7 @@ pub async fn credentials(
     match &instance.credentials {
         // Not provisioned yet: nothing generated.
         None => Ok(BTreeMap::new()),
-        Some(sealed) => state.sealer.open(sealed).ok_or_else(|| {
+        Some(sealed) => state.sealer.open(id, sealed).ok_or_else(|| {
             AppError::Internal(anyhow::anyhow!(
                 "an instance's credentials do not open with the credentials key"
             ))

@@ -507,6 +507,7 @@ pub async fn change_plan(
                 .await?
                 .pop()
             {
+                instances::resources_changed(conn, instance.id).await?;
                 queue_provisioning(conn, instance.id).await?;
             }
             events::changed(conn, &saved).await?;
