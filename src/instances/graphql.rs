@@ -212,22 +212,13 @@ impl InstancesSubscription {
         let only = instance_id
             .map(|id| parse_id("instanceId", &id))
             .transpose()?;
-        if let Some(id) = only {
-            // Someone else's instance is NOT_FOUND now, not a silent stream.
-            service::get(ctx.state(), ctx.identity(), id).await?;
-        }
+        service::watch_status(ctx.state(), ctx.identity(), only).await?;
         Ok(crate::graphql::live(
             ctx,
             TOPIC,
             move |_state, identity, event: InstanceStatusChanged| async move {
-                let wanted = match only {
-                    Some(id) => id == event.instance_id,
-                    None => identity.actor()?.user_id == event.user_id,
-                };
-                if !wanted || !service::may_see(&identity, event.user_id) {
-                    return Ok(None);
-                }
-                Ok(Some(InstanceStatusEvent { event }))
+                Ok(service::status_event_for(&identity, only, event)?
+                    .map(|event| InstanceStatusEvent { event }))
             },
         )?)
     }

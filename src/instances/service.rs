@@ -123,8 +123,9 @@ pub async fn resources_changed(conn: &mut Conn, instance_id: Uuid) -> AppResult<
     Ok(())
 }
 
-/// After a commit that queued work or events: wake this replica's workers and outbox.
-fn committed(state: &AppState) {
+/// After a commit that queued work or events (here, or a drain's in the nodes service):
+/// wake this replica's workers and outbox.
+pub fn committed(state: &AppState) {
     state.jobs_wakeup.notify_waiters();
     state.events.outbox_written();
 }
@@ -139,11 +140,34 @@ pub async fn get(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<S
         .ok_or_else(|| AppError::not_found("instance"))
 }
 
-/// Whether the caller may see the instance (for live events): no error, no query.
-pub fn may_see(identity: &Identity, user_id: Uuid) -> bool {
-    identity
-        .actor()
-        .is_ok_and(|a| a.is_admin() || a.user_id == user_id)
+/// Whether the caller may watch the status of one instance (`None`: of all their own):
+/// someone else's is NOT_FOUND now, not a silent stream.
+pub async fn watch_status(
+    state: &AppState,
+    identity: &Identity,
+    only: Option<Uuid>,
+) -> AppResult<()> {
+    match only {
+        Some(id) => get(state, identity, id).await.map(drop),
+        None => identity.actor().map(drop),
+    }
+}
+
+/// A status event as a subscriber (judged as they are now) may receive it: the watched
+/// instance's, or without one their own instances'; visible to its owner and
+/// administrators. No query: the event carries the instance.
+pub fn status_event_for(
+    identity: &Identity,
+    only: Option<Uuid>,
+    event: events::InstanceStatusChanged,
+) -> AppResult<Option<events::InstanceStatusChanged>> {
+    let actor = identity.actor()?;
+    let wanted = match only {
+        Some(id) => id == event.instance_id,
+        None => actor.user_id == event.user_id,
+    };
+    let visible = actor.is_admin() || actor.user_id == event.user_id;
+    Ok((wanted && visible).then_some(event))
 }
 
 /// The caller's own instances (`all` for administrators: everyone's).
@@ -334,11 +358,6 @@ pub async fn unplace_from_node(
         queue_reconcile(conn, after.id).await?;
     }
     Ok(moved.len())
-}
-
-/// After a drain's commit.
-pub fn drained(state: &AppState) {
-    committed(state);
 }
 
 #[cfg(test)]

@@ -276,7 +276,7 @@ pub async fn drain(state: &AppState, identity: &Identity, id: Uuid) -> AppResult
         .boxed()
     })
     .await?;
-    crate::instances::service::drained(state);
+    crate::instances::service::committed(state);
     Ok(node)
 }
 

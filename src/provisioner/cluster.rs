@@ -166,11 +166,7 @@ impl Cluster {
             .get_opt(name)
             .await?
             .is_some();
-        let pods = self
-            .api::<Pod>(namespace)
-            .list(&ListParams::default().labels(&format!("{INSTANCE_ID_LABEL}={instance_id}")))
-            .await?
-            .items;
+        let pods = self.pods_of(namespace, instance_id).await?;
         let any_object = deployed
             || !pods.is_empty()
             || self
@@ -186,18 +182,23 @@ impl Cluster {
         })
     }
 
+    async fn pods_of(&self, namespace: &str, instance_id: uuid::Uuid) -> kube::Result<Vec<Pod>> {
+        Ok(self
+            .api::<Pod>(namespace)
+            .list(&ListParams::default().labels(&format!("{INSTANCE_ID_LABEL}={instance_id}")))
+            .await?
+            .items)
+    }
+
     /// The newest pod of the instance that is not being deleted.
     pub async fn current_pod(
         &self,
         namespace: &str,
         instance_id: uuid::Uuid,
     ) -> kube::Result<Option<Pod>> {
-        let pods = self
-            .api::<Pod>(namespace)
-            .list(&ListParams::default().labels(&format!("{INSTANCE_ID_LABEL}={instance_id}")))
+        Ok(self
+            .pods_of(namespace, instance_id)
             .await?
-            .items;
-        Ok(pods
             .into_iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .max_by_key(|p| p.metadata.creation_timestamp.clone()))

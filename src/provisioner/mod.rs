@@ -91,6 +91,13 @@ pub async fn simulate_known_nodes(state: &crate::state::AppState) -> crate::erro
     Ok(())
 }
 
+/// The cluster instances run on (every server has one; `None` only in states built by hand).
+pub fn cluster(state: &crate::state::AppState) -> crate::error::AppResult<&Cluster> {
+    state.cluster.as_ref().ok_or_else(|| {
+        crate::error::AppError::Conflict("no Kubernetes cluster is configured".into())
+    })
+}
+
 /// The simulated Node of a worker node.
 pub fn sim_node(node: &WorkerNode) -> SimNode {
     let labels = string_map(&node.labels);

@@ -15,6 +15,27 @@ use crate::state::AppState;
 /// The advisory lock all placements take ("podium placement").
 const PLACEMENT_LOCK: i64 = 0x706f_6469_756d_706c;
 
+/// What Podium has placed on each node, but for the instances `except` selects: every
+/// instance not yet TERMINATED (stopped ones keep their volumes there), with its plan's
+/// resources.
+fn used(except: &str) -> String {
+    format!(
+        "SELECT i.node_id, sum(p.cpu_milli) AS cpu, sum(p.memory_mb) AS mem,
+                sum(p.storage_gb) AS storage, count(*) AS pods
+         FROM service_instances i
+         JOIN service_subscriptions s ON s.id = i.subscription_id
+         JOIN service_plans p ON p.id = s.plan_id
+         WHERE i.node_id IS NOT NULL AND i.status <> 'TERMINATED' AND i.id NOT IN ({except})
+         GROUP BY i.node_id"
+    )
+}
+
+/// Whether node `n`, with `u` used on it, has room for `need` (cpu, memory, storage, a pod).
+const FITS: &str = "n.cpu_cores::bigint * 1000 - COALESCE(u.cpu, 0) >= need.cpu_milli
+    AND n.memory_mb - COALESCE(u.mem, 0) >= need.memory_mb
+    AND n.storage_mb - COALESCE(u.storage, 0) * 1024 >= need.storage_gb::bigint * 1024
+    AND n.max_pods - COALESCE(u.pods, 0) >= 1";
+
 #[derive(QueryableByName, Debug)]
 pub struct Placed {
     #[diesel(sql_type = SqlUuid)]
@@ -54,7 +75,7 @@ pub async fn place(
             if already.is_some() {
                 return Ok(already);
             }
-            diesel::sql_query(
+            diesel::sql_query(format!(
                 "WITH need AS (
                      SELECT p.cpu_milli, p.memory_mb, p.storage_gb
                      FROM service_instances i
@@ -62,29 +83,19 @@ pub async fn place(
                      JOIN service_plans p ON p.id = s.plan_id
                      WHERE i.id = $1 AND i.node_id IS NULL AND i.generation = $2
                        AND i.desired_state = 'RUNNING'),
-                 used AS (
-                     SELECT i.node_id, sum(p.cpu_milli) AS cpu, sum(p.memory_mb) AS mem,
-                            sum(p.storage_gb) AS storage, count(*) AS pods
-                     FROM service_instances i
-                     JOIN service_subscriptions s ON s.id = i.subscription_id
-                     JOIN service_plans p ON p.id = s.plan_id
-                     WHERE i.node_id IS NOT NULL AND i.status <> 'TERMINATED'
-                     GROUP BY i.node_id),
+                 used AS ({used}),
                  chosen AS (
                      SELECT n.id, n.name
                      FROM worker_nodes n CROSS JOIN need LEFT JOIN used u ON u.node_id = n.id
-                     WHERE n.status = 'ACTIVE' AND n.is_ready AND n.is_schedulable
-                       AND n.cpu_cores::bigint * 1000 - COALESCE(u.cpu, 0) >= need.cpu_milli
-                       AND n.memory_mb - COALESCE(u.mem, 0) >= need.memory_mb
-                       AND n.storage_mb - COALESCE(u.storage, 0) * 1024 >= need.storage_gb::bigint * 1024
-                       AND n.max_pods - COALESCE(u.pods, 0) >= 1
+                     WHERE n.status = 'ACTIVE' AND n.is_ready AND n.is_schedulable AND {FITS}
                      ORDER BY n.cpu_cores::bigint * 1000 - COALESCE(u.cpu, 0) DESC, n.name
                      LIMIT 1)
                  UPDATE service_instances i
                  SET node_id = chosen.id, placed_at = now(), generation = i.generation + 1
                  FROM chosen WHERE i.id = $1 AND i.node_id IS NULL AND i.generation = $2
                  RETURNING chosen.id AS node_id, chosen.name AS node_name, i.generation",
-            )
+                used = used("$1")
+            ))
             .bind::<SqlUuid, _>(instance_id)
             .bind::<diesel::sql_types::BigInt, _>(generation)
             .get_result::<Placed>(conn)
@@ -114,23 +125,17 @@ pub async fn room_for_plan(
         .bind::<diesel::sql_types::BigInt, _>(PLACEMENT_LOCK)
         .execute(conn)
         .await?;
-    let fits = diesel::sql_query(
+    let fits = diesel::sql_query(format!(
         "WITH me AS (
              SELECT id, node_id FROM service_instances
              WHERE subscription_id = $1 AND node_id IS NOT NULL AND status <> 'TERMINATED'),
          need AS (SELECT cpu_milli, memory_mb, storage_gb FROM service_plans WHERE id = $2),
-         used AS (
-             SELECT COALESCE(sum(p.cpu_milli), 0) AS cpu, COALESCE(sum(p.memory_mb), 0) AS mem,
-                    COALESCE(sum(p.storage_gb), 0) AS storage
-             FROM me, service_instances i
-             JOIN service_subscriptions s ON s.id = i.subscription_id
-             JOIN service_plans p ON p.id = s.plan_id
-             WHERE i.node_id = me.node_id AND i.status <> 'TERMINATED' AND i.id <> me.id)
-         SELECT n.cpu_cores::bigint * 1000 - used.cpu >= need.cpu_milli
-                AND n.memory_mb - used.mem >= need.memory_mb
-                AND n.storage_mb - used.storage * 1024 >= need.storage_gb::bigint * 1024 AS fits
-         FROM me JOIN worker_nodes n ON n.id = me.node_id, need, used",
-    )
+         used AS ({used})
+         SELECT {FITS} AS fits
+         FROM me JOIN worker_nodes n ON n.id = me.node_id CROSS JOIN need
+         LEFT JOIN used u ON u.node_id = n.id",
+        used = used("SELECT id FROM me")
+    ))
     .bind::<SqlUuid, _>(subscription_id)
     .bind::<SqlUuid, _>(plan_id)
     .get_result::<Fits>(conn)

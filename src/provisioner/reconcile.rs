@@ -27,13 +27,6 @@ use crate::state::AppState;
 /// Instances the resync reads at a time (it goes through all of them).
 const RESYNC_BATCH: i64 = 1000;
 
-fn cluster(state: &AppState) -> AppResult<&Cluster> {
-    state
-        .cluster
-        .as_ref()
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("no Kubernetes cluster is configured")))
-}
-
 /// One reconcile pass over one instance. Passes over one instance never overlap, on any
 /// replica: each holds the instance's advisory lock (in a transaction of its own, released
 /// if the process dies) and reads the instance only once it has it, so a pass that waited
@@ -51,7 +44,7 @@ pub async fn reconcile(state: &AppState, id: Uuid) -> AppResult<()> {
 }
 
 async fn pass(state: &AppState, id: Uuid) -> AppResult<()> {
-    let cluster = cluster(state)?;
+    let cluster = super::cluster(state)?;
     let Some(mut w) = instances::workload(state, id).await? else {
         return Ok(()); // deleted with its user: nothing to do
     };
@@ -207,7 +200,7 @@ pub fn spec_of(
 
 /// Reads the instance's pods and writes the status they mean (the pod watcher's entry).
 pub async fn observe(state: &AppState, id: Uuid) -> AppResult<()> {
-    let cluster = cluster(state)?;
+    let cluster = super::cluster(state)?;
     let Some(w) = instances::workload(state, id).await? else {
         return Ok(());
     };
@@ -249,7 +242,7 @@ async fn observe_workload(
 /// either unsettled in the database or drifted in the cluster (a Deployment missing or
 /// with the wrong replica count). One list of Deployments, not one request per instance.
 pub async fn resync(state: &AppState) -> AppResult<()> {
-    let cluster = cluster(state)?;
+    let cluster = super::cluster(state)?;
     let deployed: std::collections::HashMap<String, i32> = cluster
         .deployments()
         .list(&kube::api::ListParams::default().labels(&format!(

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use futures_util::{AsyncBufReadExt, Stream, StreamExt};
 use uuid::Uuid;
 
-use super::cluster::Cluster;
 use crate::auth::Identity;
 use crate::error::{AppError, AppResult};
 use crate::instances::service as instances;
@@ -14,13 +13,6 @@ use crate::state::AppState;
 
 /// Log lines a caller may ask for at once.
 pub const MAX_TAIL_LINES: i32 = 5000;
-
-fn cluster(state: &AppState) -> AppResult<&Cluster> {
-    state
-        .cluster
-        .as_ref()
-        .ok_or_else(|| AppError::Conflict("no Kubernetes cluster is configured".into()))
-}
 
 fn tail(lines: Option<i32>) -> AppResult<i64> {
     match lines.unwrap_or(100) {
@@ -40,7 +32,7 @@ fn kube_failed(e: kube::Error) -> AppError {
 async fn pod_of(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<(String, String)> {
     let instance = instances::get(state, identity, id).await?;
     let namespace = instance.namespace.clone().unwrap_or_default();
-    let pod = cluster(state)?
+    let pod = super::cluster(state)?
         .current_pod(&namespace, id)
         .await
         .map_err(kube_failed)?
@@ -75,7 +67,7 @@ pub async fn logs(
     let lines = tail(tail_lines)?;
     let (namespace, pod) = pod_of(state, identity, id).await?;
     let named = container.is_some();
-    cluster(state)?
+    super::cluster(state)?
         .logs(&namespace, &pod, container, lines)
         .await
         .map_err(|e| match e {
@@ -101,7 +93,7 @@ pub async fn follow_logs(
 ) -> AppResult<impl Stream<Item = String> + use<>> {
     let lines = tail(tail_lines)?;
     let (namespace, pod) = pod_of(state, identity, id).await?;
-    let reader = cluster(state)?
+    let reader = super::cluster(state)?
         .follow_logs(&namespace, &pod, lines)
         .await
         .map_err(kube_failed)?;

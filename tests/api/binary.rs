@@ -934,15 +934,22 @@ async fn a_failed_embedded_start_stops_the_postgres_it_started() {
     assert_no_cluster_left(&data);
 }
 
-/// The status of an instance, read from the database.
-async fn instance_status(conn: &mut diesel_async::AsyncPgConnection, id: &str) -> String {
+/// An instance's status and sealed credentials, read from the database.
+async fn instance_row(
+    conn: &mut diesel_async::AsyncPgConnection,
+    id: &str,
+) -> (String, Option<Vec<u8>>) {
     use podium::db::schema::service_instances as i;
     i::table
         .find(id.parse::<uuid::Uuid>().unwrap())
-        .select(i::status)
+        .select((i::status, i::credentials))
         .first(conn)
         .await
         .unwrap()
+}
+
+async fn instance_status(conn: &mut diesel_async::AsyncPgConnection, id: &str) -> String {
+    instance_row(conn, id).await.0
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1020,13 +1027,7 @@ async fn podium_killed_while_provisioning_finishes_the_work_after_a_restart() {
 }
 
 async fn credentials_of(conn: &mut diesel_async::AsyncPgConnection, id: &str) -> Option<Vec<u8>> {
-    use podium::db::schema::service_instances as i;
-    i::table
-        .find(id.parse::<uuid::Uuid>().unwrap())
-        .select(i::credentials)
-        .first(conn)
-        .await
-        .unwrap()
+    instance_row(conn, id).await.1
 }
 
 /// The acceptance of the provisioning issue, with the README's run command alone: the
