@@ -146,6 +146,27 @@ pub struct Settings {
     pub cache_ttl: Duration,
     pub billing: BillingSettings,
     pub kube: KubeSettings,
+    pub mail: MailSettings,
+}
+
+/// How mail goes out, and where its links point.
+#[derive(Clone, Debug)]
+pub struct MailSettings {
+    /// `PODIUM_SMTP_URL`; without it, messages are written as files under `dir`.
+    pub smtp_url: Option<Secret>,
+    /// `PODIUM_MAIL_FROM`: the From of every message.
+    pub from: String,
+    /// Where the file transport writes (`<PODIUM_DATA_DIR>/mail`).
+    pub dir: PathBuf,
+    /// `PODIUM_PORTAL_URL`: links in mail point here (default: the public URL, where
+    /// Podium serves small pages for them).
+    pub portal_url: String,
+    /// `PODIUM_REQUIRE_VERIFIED_EMAIL`: sign-in waits for a verified address.
+    pub require_verified_email: bool,
+    /// Renewal reminders, low-balance warnings and expiry warnings are looked for on this schedule.
+    pub reminder_cron: String,
+    /// A message is tried this many times before it is FAILED (an administrator can retry it).
+    pub max_attempts: i32,
 }
 
 /// Money settings: Stripe, top-up limits, tax, and the billing cycle's schedule.
@@ -253,14 +274,16 @@ impl Settings {
                     .collect()
             })
             .unwrap_or_default();
+        let data_dir = PathBuf::from(
+            env.get("PODIUM_DATA_DIR")
+                .unwrap_or_else(|| "./.data".into()),
+        );
         let default_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Settings {
             listen,
             database_url: database_url.map(DatabaseUrl),
-            data_dir: PathBuf::from(
-                env.get("PODIUM_DATA_DIR")
-                    .unwrap_or_else(|| "./.data".into()),
-            ),
+            mail: mail_settings(&env, &public_url, &data_dir)?,
+            data_dir,
             jwt_secret: jwt_secret.map(Secret),
             public_url: public_url.trim_end_matches('/').to_string(),
             platform_name: env
@@ -333,6 +356,57 @@ impl Settings {
     pub fn is_embedded(&self) -> bool {
         self.database_url.is_none()
     }
+}
+
+fn mail_settings(
+    env: &Env,
+    public_url: &str,
+    data_dir: &std::path::Path,
+) -> Result<MailSettings, ConfigError> {
+    let smtp_url = env.get("PODIUM_SMTP_URL");
+    if let Some(url) = &smtp_url
+        && crate::email::transport::smtp_url(url).is_none()
+    {
+        return Err(ConfigError {
+            var: "PODIUM_SMTP_URL",
+            message: "must be smtp://, smtps:// or smtp+starttls://[user:password@]host[:port]"
+                .into(),
+        });
+    }
+    let from = env.get("PODIUM_MAIL_FROM").unwrap_or_else(|| {
+        let host = public_url
+            .split_once("://")
+            .map_or(public_url, |(_, rest)| rest)
+            .split(['/', ':'])
+            .next()
+            .unwrap_or("localhost");
+        format!("Podium <noreply@{host}>")
+    });
+    if from.parse::<lettre::message::Mailbox>().is_err() {
+        return Err(ConfigError {
+            var: "PODIUM_MAIL_FROM",
+            message: "must be an address, optionally with a name: `Podium <noreply@example.com>`"
+                .into(),
+        });
+    }
+    let portal_url = env
+        .get("PODIUM_PORTAL_URL")
+        .unwrap_or_else(|| public_url.to_string());
+    if !(portal_url.starts_with("http://") || portal_url.starts_with("https://")) {
+        return Err(ConfigError {
+            var: "PODIUM_PORTAL_URL",
+            message: "must start with http:// or https://".into(),
+        });
+    }
+    Ok(MailSettings {
+        smtp_url: smtp_url.map(Secret),
+        from,
+        dir: data_dir.join("mail"),
+        portal_url: portal_url.trim_end_matches('/').to_string(),
+        require_verified_email: env.parse("PODIUM_REQUIRE_VERIFIED_EMAIL", false)?,
+        reminder_cron: env.cron("PODIUM_MAIL_REMINDER_CRON", "0 0 * * * *")?,
+        max_attempts: env.positive("PODIUM_MAIL_MAX_ATTEMPTS", 30)?,
+    })
 }
 
 /// Where instances run.

@@ -59,7 +59,12 @@ impl Application {
         let sealer = Arc::new(crate::provisioner::credentials::Sealer::from_secret(
             settings.kube.credentials_key.as_deref().unwrap_or(&secret),
         ));
+        let mailer = Arc::new(crate::email::transport::Transport::from_settings(
+            &settings.mail,
+        )?);
+        tracing::info!(transport = %mailer.describe(), "mail");
         let state = AppState {
+            mailer,
             pool,
             jwt: JwtKeys::new(&secret, settings.access_token_ttl),
             limits: Arc::new(Limits::from_settings(&settings)),

@@ -37,6 +37,8 @@ pub struct AppState {
     pub sealer: Arc<crate::provisioner::credentials::Sealer>,
     /// The Kubernetes cluster instances run on (the embedded one by default).
     pub cluster: Option<crate::provisioner::cluster::Cluster>,
+    /// Where the outbox's messages go: SMTP, or files in the embedded default.
+    pub mailer: Arc<crate::email::transport::Transport>,
 }
 
 /// Who is calling from where: for sessions, throttling and the audit trail.

@@ -14,6 +14,38 @@ diesel::table! {
 }
 
 diesel::table! {
+    email_outbox (id) {
+        id -> Uuid,
+        user_id -> Nullable<Uuid>,
+        recipient -> Text,
+        template -> Text,
+        subject -> Text,
+        params -> Jsonb,
+        secret -> Nullable<Bytea>,
+        status -> Text,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        unique_key -> Nullable<Text>,
+        created_at -> Timestamptz,
+        last_attempt_at -> Nullable<Timestamptz>,
+        sent_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    email_tokens (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        purpose -> Text,
+        token_hash -> Bytea,
+        email -> Text,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     event_outbox (id) {
         id -> Int8,
         topic -> Text,
@@ -94,6 +126,15 @@ diesel::table! {
         finished_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         lease_expires_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    notification_preferences (user_id) {
+        user_id -> Uuid,
+        instance_alerts -> Bool,
+        renewal_reminders -> Bool,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -341,10 +382,13 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(email_outbox -> users (user_id));
+diesel::joinable!(email_tokens -> users (user_id));
 diesel::joinable!(idempotency_keys -> users (user_id));
 diesel::joinable!(invoice_lines -> invoices (invoice_id));
 diesel::joinable!(invoices -> service_subscriptions (subscription_id));
 diesel::joinable!(invoices -> users (user_id));
+diesel::joinable!(notification_preferences -> users (user_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(service_instances -> service_subscriptions (subscription_id));
 diesel::joinable!(service_instances -> users (user_id));
@@ -360,12 +404,15 @@ diesel::joinable!(wallets -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     audit_log,
+    email_outbox,
+    email_tokens,
     event_outbox,
     idempotency_keys,
     invoice_counters,
     invoice_lines,
     invoices,
     jobs,
+    notification_preferences,
     processed_webhook_events,
     refresh_tokens,
     schedules,

@@ -31,6 +31,7 @@ pub struct QueryRoot(
     crate::billing::graphql::BillingQuery,
     crate::subscriptions::graphql::SubscriptionsQuery,
     crate::instances::graphql::InstancesQuery,
+    crate::email::graphql::EmailQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -43,6 +44,7 @@ pub struct MutationRoot(
     crate::billing::graphql::BillingMutation,
     crate::subscriptions::graphql::SubscriptionsMutation,
     crate::instances::graphql::InstancesMutation,
+    crate::email::graphql::EmailMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -56,6 +56,9 @@ impl Job {
     }
 }
 
+/// Tries a job gets unless its kind asks for more.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
+
 /// Enqueues a job; with a `unique_key` already used, nothing happens. Returns whether it was new.
 pub async fn enqueue(
     conn: &mut Conn,
@@ -64,12 +67,33 @@ pub async fn enqueue(
     run_at: DateTime<Utc>,
     unique_key: Option<&str>,
 ) -> QueryResult<bool> {
+    enqueue_tries(
+        conn,
+        kind,
+        payload,
+        run_at,
+        unique_key,
+        DEFAULT_MAX_ATTEMPTS,
+    )
+    .await
+}
+
+/// [`enqueue`] with its own number of tries.
+pub async fn enqueue_tries(
+    conn: &mut Conn,
+    kind: &str,
+    payload: serde_json::Value,
+    run_at: DateTime<Utc>,
+    unique_key: Option<&str>,
+    max_attempts: i32,
+) -> QueryResult<bool> {
     let n = diesel::insert_into(jobs::table)
         .values((
             jobs::kind.eq(kind),
             jobs::payload.eq(payload),
             jobs::run_at.eq(run_at),
             jobs::unique_key.eq(unique_key),
+            jobs::max_attempts.eq(max_attempts),
         ))
         .on_conflict_do_nothing()
         .execute(conn)

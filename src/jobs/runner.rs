@@ -80,6 +80,10 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
                 .await
                 .map_err(AppError::into_anyhow)
         }
+        crate::email::SEND_JOB => {
+            let id: uuid::Uuid = serde_json::from_value(job.payload["emailId"].clone())?;
+            crate::email::outbox::deliver(state, id, job.attempts >= job.max_attempts).await
+        }
         INSTANCES_RESYNC => crate::provisioner::reconcile::resync(state)
             .await
             .map_err(AppError::into_anyhow),

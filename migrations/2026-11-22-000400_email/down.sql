@@ -1,0 +1,3 @@
+DROP TABLE notification_preferences;
+DROP TABLE email_tokens;
+DROP TABLE email_outbox;

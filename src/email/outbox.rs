@@ -1,0 +1,263 @@
+//! Queueing a message (inside the caller's transaction) and delivering it (the `email.send` job).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use chrono::Utc;
+use lettre::Message;
+use lettre::message::{Mailbox, MultiPart};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::model::{self, Email, EmailStatus, NewEmail};
+use super::templates::{self, Category, Common, EmailTemplate};
+use super::transport::SendError;
+use super::{SEND_JOB, preferences};
+use crate::db::Conn;
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+use crate::users::model::User;
+
+/// Who a message goes to.
+#[derive(Clone, Debug)]
+pub struct Recipient {
+    /// The account it is about; its notification switches apply.
+    pub user_id: Option<Uuid>,
+    pub email: String,
+    pub name: String,
+}
+
+impl From<&User> for Recipient {
+    fn from(user: &User) -> Self {
+        Recipient {
+            user_id: Some(user.id),
+            email: user.email.clone(),
+            name: user.name.clone(),
+        }
+    }
+}
+
+/// A message to queue.
+pub struct Mail {
+    pub template: EmailTemplate,
+    pub to: Recipient,
+    /// What the template prints (see `templates::sample_params`); never a secret.
+    pub params: serde_json::Value,
+    /// A one-time token for the message's link: sealed in the outbox until the message is sent.
+    pub token: Option<String>,
+    /// Set for a message that must go once (a reminder for one period, one dunning retry).
+    pub unique_key: Option<String>,
+}
+
+impl Mail {
+    pub fn new(
+        template: EmailTemplate,
+        to: impl Into<Recipient>,
+        params: serde_json::Value,
+    ) -> Self {
+        Mail {
+            template,
+            to: to.into(),
+            params,
+            token: None,
+            unique_key: None,
+        }
+    }
+
+    pub fn once(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    pub fn with_token(mut self, token: String) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// A renewal reminder that warns of a low balance is a money message: always sent.
+    fn category(&self) -> Category {
+        match self.template {
+            EmailTemplate::RenewalReminder if self.params["low_balance"] == json!(true) => {
+                Category::Essential
+            }
+            t => t.category(),
+        }
+    }
+}
+
+fn common<'a>(state: &'a AppState, to: &'a Recipient, link: Option<String>) -> Common<'a> {
+    let settings = &state.settings;
+    Common {
+        platform: &settings.platform_name,
+        public_url: &settings.public_url,
+        portal_url: &settings.mail.portal_url,
+        name: &to.name,
+        email: &to.email,
+        link,
+    }
+}
+
+fn link(state: &AppState, template: EmailTemplate, token: Option<&str>) -> Option<String> {
+    let (path, token) = (template.link_path()?, token?);
+    Some(format!(
+        "{}{path}?token={token}",
+        state.settings.mail.portal_url
+    ))
+}
+
+/// Queues `mail` and its `email.send` job on `conn`: call it inside the transaction of what
+/// causes the message, so that both commit or neither. Returns the outbox id; `None` when
+/// the recipient switched this kind of message off, or its unique key was used before.
+pub async fn queue(conn: &mut Conn, state: &AppState, mail: Mail) -> AppResult<Option<Uuid>> {
+    if let Some(user_id) = mail.to.user_id
+        && !preferences::wants(conn, user_id, mail.category()).await?
+    {
+        return Ok(None);
+    }
+    let id = Uuid::new_v4();
+    let mut params = match mail.params {
+        serde_json::Value::Object(map) => serde_json::Value::Object(map),
+        _ => json!({}),
+    };
+    // Rendered again at send time, with the name it was queued for.
+    params["name"] = json!(mail.to.name);
+    // The subject holds no secret: rendered with a placeholder link.
+    let placeholder = link(state, mail.template, mail.token.as_ref().map(|_| "…"));
+    let subject = templates::subject(
+        mail.template,
+        &common(state, &mail.to, placeholder),
+        &params,
+    )
+    .map_err(|e| {
+        AppError::internal(anyhow::anyhow!("email template {:?}: {e:#}", mail.template))
+    })?;
+    let secret = mail.token.map(|token| {
+        state
+            .sealer
+            .seal(id, &BTreeMap::from([("token".to_string(), token)]))
+    });
+    let fresh = model::insert(
+        conn,
+        &NewEmail {
+            id,
+            user_id: mail.to.user_id,
+            recipient: &mail.to.email,
+            template: mail.template,
+            subject: &subject,
+            params: &params,
+            secret,
+            unique_key: mail.unique_key.as_deref(),
+        },
+    )
+    .await?;
+    if !fresh {
+        return Ok(None);
+    }
+    enqueue_send(conn, state.settings.mail.max_attempts, id, "").await?;
+    Ok(Some(id))
+}
+
+/// The job that sends message `id`; `round` tells an administrator's retry from the first.
+pub(super) async fn enqueue_send(
+    conn: &mut Conn,
+    max_attempts: i32,
+    id: Uuid,
+    round: &str,
+) -> AppResult<()> {
+    crate::jobs::model::enqueue_tries(
+        conn,
+        SEND_JOB,
+        json!({ "emailId": id }),
+        Utc::now(),
+        Some(&format!("{SEND_JOB}:{id}{round}")),
+        max_attempts,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The `email.send` job: renders and hands over message `id`. A refusal (5xx) fails it for
+/// good; anything else is retried by the job queue until `last_try`, then FAILED.
+pub async fn deliver(state: &AppState, id: Uuid, last_try: bool) -> anyhow::Result<()> {
+    let mut conn = state.pool.get().await?;
+    let Some(email) = model::find(&mut conn, id).await? else {
+        return Ok(());
+    };
+    if email.status != EmailStatus::Queued {
+        return Ok(());
+    }
+    // No connection is held while talking to the mail server.
+    drop(conn);
+    let outcome = match build(state, &email) {
+        Ok(message) => state.mailer.send(&message, &file_name(&email)).await,
+        Err(e) => Err(SendError::Permanent(format!("{e:#}"))),
+    };
+    let mut conn = state.pool.get().await?;
+    match outcome {
+        Ok(()) => {
+            model::mark_sent(&mut conn, id).await?;
+            tracing::info!(email_id = %id, template = email.template.as_str(), "mail sent");
+            Ok(())
+        }
+        Err(SendError::Permanent(error)) => {
+            model::record_failure(&mut conn, id, &error, true).await?;
+            tracing::warn!(email_id = %id, %error, "mail refused: not retried");
+            Ok(())
+        }
+        Err(SendError::Transient(error)) => {
+            model::record_failure(&mut conn, id, &error, last_try).await?;
+            anyhow::bail!("mail not sent: {error}")
+        }
+    }
+}
+
+/// Sortable by time and unique: `<created>-<id>`.
+fn file_name(email: &Email) -> String {
+    format!(
+        "{}-{}",
+        email.created_at.format("%Y%m%dT%H%M%S%.6fZ"),
+        email.id
+    )
+}
+
+fn build(state: &AppState, email: &Email) -> anyhow::Result<Message> {
+    let settings = &state.settings.mail;
+    let token = match &email.secret {
+        None => None,
+        Some(sealed) => Some(
+            state
+                .sealer
+                .open(email.id, sealed)
+                .and_then(|mut m| m.remove("token"))
+                .context(
+                    "its one-time token can't be unsealed (was PODIUM_CREDENTIALS_KEY changed?)",
+                )?,
+        ),
+    };
+    let user_name = email.params["name"].as_str();
+    let to = Recipient {
+        user_id: email.user_id,
+        email: email.recipient.clone(),
+        name: user_name.unwrap_or("there").to_string(),
+    };
+    let rendered = templates::render(
+        email.template,
+        &common(state, &to, link(state, email.template, token.as_deref())),
+        &email.params,
+    )
+    .with_context(|| format!("rendering {:?}", email.template))?;
+    let from: Mailbox = settings.from.parse().context("PODIUM_MAIL_FROM")?;
+    let domain = from.email.domain().to_string();
+    let message = Message::builder()
+        .from(from)
+        .to(email.recipient.parse().context("the recipient's address")?)
+        .subject(rendered.subject)
+        // Stable per outbox row: a message sent twice (at least once) is recognisably one.
+        .message_id(Some(format!("<{}@{domain}>", email.id)))
+        .date(email.created_at.into())
+        .multipart(MultiPart::alternative_plain_html(
+            rendered.text,
+            rendered.html,
+        ))?;
+    Ok(message)
+}

@@ -1,0 +1,125 @@
+//! Where messages go: an SMTP server, or files (the embedded default).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::config::MailSettings;
+
+pub enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// One `.eml` file per message in this directory.
+    Files(PathBuf),
+}
+
+/// Why a message was not handed over.
+#[derive(Debug)]
+pub enum SendError {
+    /// Worth another try: the server is unreachable, busy, or answered 4xx.
+    Transient(String),
+    /// Retrying would not help: the server refused the message (5xx).
+    Permanent(String),
+}
+
+/// `PODIUM_SMTP_URL` in lettre's form: `smtp+starttls://` becomes `smtp://...?tls=required`.
+/// `None` when the scheme is not one of ours.
+pub fn smtp_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if rest.is_empty() || rest.contains('?') {
+        return None;
+    }
+    match scheme {
+        "smtp" | "smtps" => Some(url.to_string()),
+        "smtp+starttls" => Some(format!("smtp://{rest}?tls=required")),
+        _ => None,
+    }
+}
+
+impl Transport {
+    pub fn from_settings(settings: &MailSettings) -> anyhow::Result<Self> {
+        let Some(url) = &settings.smtp_url else {
+            return Ok(Transport::Files(settings.dir.clone()));
+        };
+        let url = smtp_url(url).context("PODIUM_SMTP_URL is not an SMTP URL")?;
+        let smtp = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
+            // The URL holds the password: never put it in the error.
+            .map_err(|_| anyhow::anyhow!("PODIUM_SMTP_URL could not be parsed"))?
+            .timeout(Some(Duration::from_secs(20)))
+            .build();
+        Ok(Transport::Smtp(smtp))
+    }
+
+    /// What the startup log says about it (no credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Smtp(_) => "SMTP (PODIUM_SMTP_URL)".into(),
+            Transport::Files(dir) => format!("files under {}", dir.display()),
+        }
+    }
+
+    /// Hands the message over; `name` keeps file names unique and sortable.
+    pub async fn send(&self, message: &Message, name: &str) -> Result<(), SendError> {
+        match self {
+            Transport::Smtp(smtp) => smtp.send(message.clone()).await.map(drop).map_err(|e| {
+                if e.is_permanent() {
+                    SendError::Permanent(e.to_string())
+                } else {
+                    SendError::Transient(e.to_string())
+                }
+            }),
+            Transport::Files(dir) => write_file(dir, name, &message.formatted())
+                .await
+                .map(|path| {
+                    tracing::info!(path = %path.display(), "mail written to a file (no PODIUM_SMTP_URL)")
+                })
+                .map_err(|e| SendError::Transient(format!("{e:#}"))),
+        }
+    }
+}
+
+/// Writes `<dir>/<name>.eml` whole or not at all (a temporary file renamed into place), in a
+/// directory only this user can read: messages hold one-time links.
+async fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await;
+    }
+    let path = dir.join(format!("{name}.eml"));
+    let partial = dir.join(format!(".{name}.eml.tmp"));
+    tokio::fs::write(&partial, bytes)
+        .await
+        .with_context(|| format!("writing {}", partial.display()))?;
+    tokio::fs::rename(&partial, &path)
+        .await
+        .with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::smtp_url;
+
+    #[test]
+    fn smtp_urls_take_our_three_schemes() {
+        assert_eq!(
+            smtp_url("smtp+starttls://u:p@mail.example.com:587").as_deref(),
+            Some("smtp://u:p@mail.example.com:587?tls=required")
+        );
+        assert_eq!(
+            smtp_url("smtps://mail.example.com").as_deref(),
+            Some("smtps://mail.example.com")
+        );
+        assert_eq!(
+            smtp_url("smtp://127.0.0.1:2525").as_deref(),
+            Some("smtp://127.0.0.1:2525")
+        );
+        assert_eq!(smtp_url("http://mail.example.com"), None);
+        assert_eq!(smtp_url("smtp://"), None);
+    }
+}
