@@ -208,10 +208,13 @@ async fn run_api(
         email: "bench@example.com".into(),
         password: "bench-password-0123".into(),
     };
-    let tokens =
+    let registered =
         crate::auth::service::register(&state, account, &crate::state::ClientInfo::default())
             .await
             .map_err(|e| anyhow::anyhow!("registering the bench user: {e:?}"))?;
+    let crate::auth::service::Registration::SignedIn(tokens) = registered else {
+        anyhow::bail!("the bench registers with PODIUM_REQUIRE_VERIFIED_EMAIL off");
+    };
     let bearer = format!("Bearer {}", tokens.access_token);
 
     let client = reqwest::Client::builder()

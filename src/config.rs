@@ -167,6 +167,9 @@ pub struct MailSettings {
     pub reminder_cron: String,
     /// A message is tried this many times before it is FAILED (an administrator can retry it).
     pub max_attempts: i32,
+    /// Password-reset and verification requests per client address per
+    /// `PODIUM_LOGIN_WINDOW_SECS`.
+    pub requests_per_ip: u32,
 }
 
 /// Money settings: Stripe, top-up limits, tax, and the billing cycle's schedule.
@@ -406,6 +409,7 @@ fn mail_settings(
         require_verified_email: env.parse("PODIUM_REQUIRE_VERIFIED_EMAIL", false)?,
         reminder_cron: env.cron("PODIUM_MAIL_REMINDER_CRON", "0 0 * * * *")?,
         max_attempts: env.positive("PODIUM_MAIL_MAX_ATTEMPTS", 30)?,
+        requests_per_ip: env.positive("PODIUM_MAIL_REQUESTS_PER_IP", 10)?,
     })
 }
 

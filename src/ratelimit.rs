@@ -221,6 +221,9 @@ pub struct Limits {
     pub password_failures_per_user: FailureCounter,
     /// Open WebSockets per client address.
     pub open_sockets: Arc<OpenCounts>,
+    /// Requests that send account mail (password resets, verification links) per client
+    /// address; each address's own mail is also capped in the database.
+    pub mail_requests_per_ip: RateLimiter<IpAddr>,
 }
 
 impl Limits {
@@ -241,6 +244,7 @@ impl Limits {
                 s.login_window,
             ),
             open_sockets: Arc::default(),
+            mail_requests_per_ip: RateLimiter::new(s.mail.requests_per_ip, s.login_window),
         }
     }
 

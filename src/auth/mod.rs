@@ -2,11 +2,13 @@
 //! session families, and the identity attached to each request.
 
 pub mod cache;
+pub mod email_tokens;
 pub mod graphql;
 pub mod identity;
 pub mod jwt;
 pub mod model;
 pub mod password;
+pub mod recovery;
 pub mod service;
 
 pub use identity::{Actor, Identity};

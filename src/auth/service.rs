@@ -5,8 +5,13 @@ use diesel_async::AsyncConnection;
 use uuid::Uuid;
 use validator::Validate;
 
+use serde_json::json;
+
+use super::email_tokens::Purpose;
+use super::recovery::queue_token_mail;
 use super::{Identity, model, new_opaque_token, password, token_hash};
 use crate::db::Conn;
+use crate::email::{self, EmailTemplate, Mail};
 use crate::error::{AppError, AppResult, conflict_if_duplicate};
 use crate::ratelimit::{address_key, login_slowdown};
 use crate::state::{AppState, ClientInfo};
@@ -24,36 +29,80 @@ pub struct AuthTokens {
     pub user: User,
 }
 
+/// How a registration ended.
+pub enum Registration {
+    /// Signed in at once (sign-in does not wait for a verified address).
+    SignedIn(AuthTokens),
+    /// "Check your mail": the answer for a new address and for one with an account alike,
+    /// when sign-in waits for a verified address (`PODIUM_REQUIRE_VERIFIED_EMAIL`).
+    CheckMail,
+}
+
+/// Creates a USER account and mails a verification link. Without
+/// `PODIUM_REQUIRE_VERIFIED_EMAIL` it signs in at once, with a welcome message, and a taken
+/// address is a CONFLICT. With it, nobody is signed in and the answer is the same whether or
+/// not the address has an account: the owner of an existing one is told of the attempt.
 pub async fn register(
     state: &AppState,
     input: AccountInput,
     client: &ClientInfo,
-) -> AppResult<AuthTokens> {
+) -> AppResult<Registration> {
     throttle_ip(state, client)?;
     let input = input.normalized();
     input.validate()?;
     let hash = password::hash(&input.password).await?;
+    let new = NewUser {
+        name: &input.name,
+        email: &input.email,
+        password_hash: &hash,
+        role: Role::User,
+        is_active: true,
+        email_verified_at: None,
+    };
     let mut conn = state.pool.get().await?;
+    if state.settings.mail.require_verified_email {
+        conn.transaction(async |conn| {
+            match users::insert_new(conn, &new).await? {
+                Some(user) => {
+                    queue_token_mail(conn, state, &user, Purpose::VerifyEmail).await?;
+                    tracing::info!(user_id = %user.id, "user registered: verification sent");
+                }
+                None => {
+                    let owner = users::find_by_email(conn, &input.email).await?;
+                    let since = state.clock.now() - chrono::Duration::hours(1);
+                    if let Some(owner) = owner
+                        && email::model::recent_to(conn, &owner.email, EmailTemplate::RegistrationAttempt, since).await? < 3
+                    {
+                        email::queue(conn, state, Mail::new(EmailTemplate::RegistrationAttempt, &owner, json!({}))).await?;
+                    }
+                    tracing::info!(ip = %client.ip, "registration with an address that has an account");
+                }
+            }
+            Ok::<_, AppError>(())
+        })
+        .await?;
+        state.jobs_wakeup.notify_waiters();
+        return Ok(Registration::CheckMail);
+    }
     let (user, session_id, refresh_token) = conn
         .transaction(async |conn| {
-            let user = users::insert(
+            let user = users::insert(conn, &new)
+                .await
+                .map_err(conflict_if_duplicate(EMAIL_TAKEN))?;
+            queue_token_mail(conn, state, &user, Purpose::VerifyEmail).await?;
+            email::queue(
                 conn,
-                &NewUser {
-                    name: &input.name,
-                    email: &input.email,
-                    password_hash: &hash,
-                    role: Role::User,
-                    is_active: true,
-                },
+                state,
+                Mail::new(EmailTemplate::Welcome, &user, json!({})),
             )
-            .await
-            .map_err(conflict_if_duplicate(EMAIL_TAKEN))?;
+            .await?;
             let (session_id, refresh) = start_session(conn, state, user.id, client).await?;
             Ok::<_, AppError>((user, session_id, refresh))
         })
         .await?;
+    state.jobs_wakeup.notify_waiters();
     tracing::info!(user_id = %user.id, "user registered");
-    tokens(state, user, session_id, refresh_token)
+    tokens(state, user, session_id, refresh_token).map(Registration::SignedIn)
 }
 
 pub async fn login(
@@ -92,6 +141,12 @@ pub async fn login(
     attempt.release();
     if !user.is_active {
         return Err(AppError::Forbidden("this account is deactivated".into()));
+    }
+    // Said only to whoever knows the password.
+    if state.settings.mail.require_verified_email && user.email_verified_at.is_none() {
+        return Err(AppError::Forbidden(
+            "verify your email address first: follow the link we sent you, or ask for a new one with resendVerificationEmail".into(),
+        ));
     }
     let mut conn = state.pool.get().await?;
     let (session_id, refresh_token) = conn
@@ -286,10 +341,17 @@ pub async fn change_password(
         .await?;
         model::revoke_user_sessions(conn, &[user.id], Some(actor.session_id), "password changed")
             .await?;
+        email::queue(
+            conn,
+            state,
+            Mail::new(EmailTemplate::PasswordChanged, &user, json!({})),
+        )
+        .await?;
         Ok::<_, AppError>(())
     })
     .await?;
     state.identity_cache.forget(&[user.id]);
+    state.jobs_wakeup.notify_waiters();
     tracing::info!(user_id = %user.id, "password changed");
     Ok(())
 }

@@ -66,6 +66,9 @@ pub struct NewUser<'a> {
     pub password_hash: &'a str,
     pub role: Role,
     pub is_active: bool,
+    /// Set for accounts whose address someone already vouched for (seeded, created by an
+    /// administrator or the operator's CLI); self-registered ones verify by mail.
+    pub email_verified_at: Option<DateTime<Utc>>,
 }
 
 #[derive(AsChangeset, Default, Debug)]
@@ -161,6 +164,31 @@ pub async fn insert(conn: &mut Conn, new: &NewUser<'_>) -> QueryResult<User> {
         .returning(User::as_returning())
         .get_result(conn)
         .await
+}
+
+/// Inserts unless the email is taken; `None` when it is.
+pub async fn insert_new(conn: &mut Conn, new: &NewUser<'_>) -> QueryResult<Option<User>> {
+    diesel::insert_into(users::table)
+        .values(new)
+        .on_conflict(users::email)
+        .do_nothing()
+        .returning(User::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// The address is verified (from `at`, unless it was already).
+pub async fn mark_verified(conn: &mut Conn, id: Uuid, at: DateTime<Utc>) -> QueryResult<()> {
+    diesel::update(
+        users::table
+            .find(id)
+            .filter(users::email_verified_at.is_null()),
+    )
+    .set(users::email_verified_at.eq(at))
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// Inserts unless the email is taken; returns whether a row was written.

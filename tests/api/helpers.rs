@@ -93,6 +93,14 @@ pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings
         ("PODIUM_KUBE_MODE".into(), "embedded".into()),
         ("PODIUM_EMBEDDED_KUBE_START_DELAY_MS".into(), "150".into()),
         ("PODIUM_INSTANCE_RESYNC_CRON".into(), NEVER.into()),
+        // Mail goes to files in a directory of the test's own unless it sets PODIUM_SMTP_URL.
+        (
+            "PODIUM_DATA_DIR".into(),
+            std::env::temp_dir()
+                .join(format!("podium-test-data-{}", Uuid::new_v4().simple()))
+                .to_string_lossy()
+                .into_owned(),
+        ),
     ];
     vars.extend(
         overrides
@@ -119,6 +127,14 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         // Sends the stop command now; the returned future only waits for it.
         drop(self.handle.stop(false));
+        if self
+            .state
+            .settings
+            .data_dir
+            .starts_with(std::env::temp_dir())
+        {
+            let _ = std::fs::remove_dir_all(&self.state.settings.data_dir);
+        }
     }
 }
 

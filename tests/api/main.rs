@@ -15,6 +15,8 @@ mod integrity;
 mod invoices;
 mod jobs;
 mod limits;
+mod mail;
+mod mail_helpers;
 mod nodes;
 mod outbox;
 mod over_http;

@@ -1,0 +1,220 @@
+//! Mail as the tests receive it. `scripts/test` runs one aiosmtpd (PyPI) on loopback that
+//! writes what it accepts into a Maildir (`PODIUM_TEST_SMTP_URL`, `PODIUM_TEST_MAILDIR`);
+//! tests that stop and start a mail server run their own. Each test reads only its own
+//! recipients' messages.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A message as delivered.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The envelope recipients (aiosmtpd's `X-RcptTo`), or the `To` header of a file.
+    pub to: String,
+    pub subject: String,
+    pub message_id: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Received {
+    /// The first URL in the plain text that contains `path`.
+    pub fn link(&self, path: &str) -> String {
+        self.text
+            .split_whitespace()
+            .find(|w| w.starts_with("http") && w.contains(path))
+            .unwrap_or_else(|| panic!("no {path} link in: {}", self.text))
+            .to_string()
+    }
+
+    /// The `token` query parameter of the link to `path`.
+    pub fn token(&self, path: &str) -> String {
+        let link = self.link(path);
+        link.split_once("token=")
+            .unwrap_or_else(|| panic!("no token in {link}"))
+            .1
+            .to_string()
+    }
+}
+
+fn parse(bytes: &[u8]) -> Received {
+    let mail = mailparse::parse_mail(bytes).expect("a parseable message");
+    let header = |name: &str| {
+        mail.headers
+            .iter()
+            .find(|h| h.get_key_ref().eq_ignore_ascii_case(name))
+            .map(|h| h.get_value())
+            .unwrap_or_default()
+    };
+    let part = |mime: &str| {
+        mail.subparts
+            .iter()
+            .find(|p| p.ctype.mimetype == mime)
+            .map(|p| p.get_body().expect("a decodable body"))
+            .unwrap_or_default()
+    };
+    let rcpt = header("X-RcptTo");
+    Received {
+        to: if rcpt.is_empty() { header("To") } else { rcpt },
+        subject: header("Subject"),
+        message_id: header("Message-ID"),
+        text: part("text/plain"),
+        html: part("text/html"),
+    }
+}
+
+/// Messages in a directory: a Maildir (its `new/`) or the file transport's `.eml` files.
+pub fn messages_in(dir: &Path) -> Vec<Received> {
+    let new = dir.join("new");
+    let dir = if new.is_dir() { new } else { dir.to_path_buf() };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .map(|bytes| parse(&bytes))
+        .collect()
+}
+
+/// Where messages arrive.
+#[derive(Clone)]
+pub struct Mailbox {
+    dir: PathBuf,
+}
+
+impl Mailbox {
+    /// The shared aiosmtpd's Maildir.
+    pub fn shared() -> Self {
+        Mailbox {
+            dir: std::env::var("PODIUM_TEST_MAILDIR")
+                .expect("PODIUM_TEST_MAILDIR is not set: run the tests with ./scripts/test")
+                .into(),
+        }
+    }
+
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Mailbox { dir: dir.into() }
+    }
+
+    /// Everything delivered to `to` so far.
+    pub fn to(&self, to: &str) -> Vec<Received> {
+        messages_in(&self.dir)
+            .into_iter()
+            .filter(|m| m.to.to_lowercase().contains(&to.to_lowercase()))
+            .collect()
+    }
+
+    /// The first message to `to` whose subject contains `subject`, waiting up to 30 s.
+    pub async fn wait_for(&self, to: &str, subject: &str) -> Received {
+        self.wait_within(to, subject, Duration::from_secs(30)).await
+    }
+
+    pub async fn wait_within(&self, to: &str, subject: &str, within: Duration) -> Received {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(m) = self
+                .to(to)
+                .into_iter()
+                .find(|m| m.subject.contains(subject))
+            {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no message to {to} with {subject:?} within {within:?}; it has: {:?}",
+                    self.to(to).iter().map(|m| &m.subject).collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The shared aiosmtpd's URL.
+pub fn shared_smtp_url() -> String {
+    std::env::var("PODIUM_TEST_SMTP_URL")
+        .expect("PODIUM_TEST_SMTP_URL is not set: run the tests with ./scripts/test")
+}
+
+/// An aiosmtpd of the test's own, which it can stop and start again on the same port.
+pub struct SmtpServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl SmtpServer {
+    /// A port nobody listens on yet, and a Maildir; not started.
+    pub fn new() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("podium-smtp-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        SmtpServer {
+            port,
+            dir,
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox::at(&self.dir)
+    }
+
+    /// Starts it and waits until it listens.
+    pub async fn start(&mut self) {
+        let python = std::env::var("PODIUM_TEST_PYTHON")
+            .expect("PODIUM_TEST_PYTHON is not set: run the tests with ./scripts/test");
+        let child = std::process::Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting aiosmtpd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not listen within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills it: connections are refused until it starts again.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
