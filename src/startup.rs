@@ -228,6 +228,16 @@ fn serve(listener: TcpListener, state: AppState, schema: PodiumSchema) -> anyhow
             .route("/webhooks/stripe", web::post().to(http::stripe_webhook))
             .route("/invoices/{id}", web::get().to(http::invoice::invoice_page))
             .service(
+                web::resource("/verify-email")
+                    .route(web::get().to(http::account_pages::verify_form))
+                    .route(web::post().to(http::account_pages::verify)),
+            )
+            .service(
+                web::resource("/reset-password")
+                    .route(web::get().to(http::account_pages::reset_form))
+                    .route(web::post().to(http::account_pages::reset)),
+            )
+            .service(
                 web::resource("/graphql")
                     .route(web::post().to(handlers::graphql))
                     .route(

@@ -1,6 +1,7 @@
 //! Routes outside GraphQL: liveness and readiness probes, metrics, Stripe's webhook,
 //! printable invoices, and response hardening.
 
+pub mod account_pages;
 pub mod invoice;
 
 use actix_web::middleware::DefaultHeaders;

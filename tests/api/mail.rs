@@ -29,7 +29,7 @@ async fn registering_writes_a_verification_message_to_a_file_whose_link_verifies
         )
         .await
         .ok();
-    assert!(me.data("me.emailVerifiedAt").is_null());
+    assert!(me.0["data"]["me"]["emailVerifiedAt"].is_null());
     app.gql(
         None,
         "mutation($t: String!) { verifyEmail(token: $t) }",
@@ -54,4 +54,437 @@ async fn registering_writes_a_verification_message_to_a_file_whose_link_verifies
         )
         .await;
     assert_eq!(again.code(), "BAD_USER_INPUT", "single use");
+}
+
+const RESET: &str = "mutation($e: String!) { requestPasswordReset(email: $e) }";
+const DO_RESET: &str =
+    "mutation($t: String!, $p: String!) { resetPassword(token: $t, newPassword: $p) }";
+
+async fn smtp_app(extra: &[(&str, &str)]) -> TestApp {
+    let url = shared_smtp_url();
+    let mut overrides = vec![("PODIUM_SMTP_URL", url.as_str())];
+    overrides.extend_from_slice(extra);
+    spawn_app_with(&overrides).await
+}
+
+#[tokio::test]
+async fn a_password_reset_arrives_over_smtp_works_once_and_signs_every_session_out() {
+    let app = smtp_app(&[]).await;
+    let (session, email) = app.register("Gus").await;
+    app.gql(None, RESET, json!({ "e": email.to_uppercase() }))
+        .await
+        .ok();
+    let mailbox = Mailbox::shared();
+    let message = mailbox.wait_for(&email, "Reset your Podium password").await;
+    assert!(
+        message.html.contains("Choose a new password"),
+        "{message:?}"
+    );
+    let token = message.token("/reset-password");
+    assert!(token.starts_with("pdp_"));
+
+    let weak = app
+        .gql(None, DO_RESET, json!({ "t": token, "p": "short" }))
+        .await;
+    assert_eq!(
+        weak.code(),
+        "BAD_USER_INPUT",
+        "a weak password changes nothing"
+    );
+    app.gql(None, DO_RESET, json!({ "t": token, "p": "BrandNew-456" }))
+        .await
+        .ok();
+    assert_eq!(
+        app.me(&session.access).await.code(),
+        "UNAUTHENTICATED",
+        "every session is signed out"
+    );
+    assert_eq!(
+        app.try_login(&email, PASSWORD).await.code(),
+        "UNAUTHENTICATED"
+    );
+    app.login(&email, "BrandNew-456").await;
+    mailbox.wait_for(&email, "password was changed").await;
+
+    let again = app
+        .gql(None, DO_RESET, json!({ "t": token, "p": "Another-789" }))
+        .await;
+    assert_eq!(again.code(), "BAD_USER_INPUT", "used twice: {}", again.0);
+    assert_eq!(
+        again.error()["extensions"]["fields"]["token"][0]
+            .as_str()
+            .map(|m| m.contains("already used")),
+        Some(true)
+    );
+    app.login(&email, "BrandNew-456").await;
+
+    // Stored hashed; the sealed copy in the outbox is erased once sent.
+    let rows = outbox_to(&app, &email).await;
+    assert!(
+        rows.iter().all(|r| r.status == "SENT" && !r.sealed),
+        "{rows:?}"
+    );
+    use diesel_async::RunQueryDsl;
+    let mut conn = app.state.pool.get().await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let found: Found = diesel::sql_query(
+        "SELECT count(*) AS n FROM email_tokens t, email_outbox o
+         WHERE position($1 in encode(t.token_hash, 'escape')) > 0 OR o.params::text LIKE '%' || $1 || '%'",
+    )
+    .bind::<diesel::sql_types::Text, _>(&token)
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(found.n, 0, "the token is nowhere in the database");
+}
+
+#[tokio::test]
+async fn a_reset_token_after_its_hour_is_refused() {
+    let app = smtp_app(&[]).await;
+    let (_, email) = app.register("Hal").await;
+    app.gql(None, RESET, json!({ "e": email })).await.ok();
+    let token = Mailbox::shared()
+        .wait_for(&email, "Reset your")
+        .await
+        .token("/reset-password");
+    app.state.clock.advance(chrono::Duration::minutes(61));
+    let late = app
+        .gql(None, DO_RESET, json!({ "t": token, "p": "BrandNew-456" }))
+        .await;
+    assert_eq!(late.code(), "BAD_USER_INPUT");
+    app.login(&email, PASSWORD).await;
+}
+
+#[tokio::test]
+async fn a_reset_for_an_unknown_address_sends_nothing_and_answers_the_same() {
+    let app = smtp_app(&[]).await;
+    let (_, known) = app.register("Ivy").await;
+    let unknown = format!("nobody-{}@example.com", uuid::Uuid::new_v4().simple());
+    let for_unknown = app.gql(None, RESET, json!({ "e": unknown })).await;
+    let for_known = app.gql(None, RESET, json!({ "e": known })).await;
+    assert_eq!(for_unknown.0, for_known.0, "the same answer");
+    assert_eq!(for_known.0["data"], json!({ "requestPasswordReset": true }));
+    // Queued after the unknown one's would have been: once it arrived, nothing else is coming.
+    Mailbox::shared().wait_for(&known, "Reset your").await;
+    assert!(outbox_to(&app, &unknown).await.is_empty());
+    assert!(Mailbox::shared().to(&unknown).is_empty());
+}
+
+#[tokio::test]
+async fn reset_requests_are_limited_per_address_and_per_client() {
+    let app = smtp_app(&[("PODIUM_MAIL_REQUESTS_PER_IP", "5")]).await;
+    let (_, email) = app.register("Jo").await;
+    for _ in 0..5 {
+        app.gql(None, RESET, json!({ "e": email })).await.ok();
+    }
+    let limited = app.gql(None, RESET, json!({ "e": email })).await;
+    assert_eq!(limited.code(), "RATE_LIMITED", "{}", limited.0);
+    let resets = outbox_to(&app, &email)
+        .await
+        .into_iter()
+        .filter(|r| r.template == "PASSWORD_RESET")
+        .count();
+    assert_eq!(resets, 3, "an address gets three links an hour at most");
+}
+
+const REGISTER: &str = "mutation($n: String!, $e: String!, $p: String!) { register(input: {name: $n, email: $e, password: $p}) { accessToken refreshToken user { id } verificationRequired message } }";
+
+#[tokio::test]
+async fn when_sign_in_waits_for_verification_register_answers_alike_and_tells_the_owner() {
+    let app = smtp_app(&[("PODIUM_REQUIRE_VERIFIED_EMAIL", "true")]).await;
+    let email = format!("kim-{}@example.com", uuid::Uuid::new_v4().simple());
+    let first = app
+        .gql(
+            None,
+            REGISTER,
+            json!({ "n": "Kim", "e": email, "p": PASSWORD }),
+        )
+        .await
+        .ok();
+    let second = app
+        .gql(
+            None,
+            REGISTER,
+            json!({ "n": "Mallory", "e": email, "p": "Other-pass-123" }),
+        )
+        .await
+        .ok();
+    assert_eq!(first.0, second.0, "a taken address answers like a new one");
+    assert_eq!(first.0["data"]["register"]["accessToken"], json!(null));
+    assert_eq!(
+        first.0["data"]["register"]["verificationRequired"],
+        json!(true)
+    );
+
+    let mailbox = Mailbox::shared();
+    let verification = mailbox.wait_for(&email, "Confirm your email address").await;
+    mailbox.wait_for(&email, "Someone tried to sign up").await;
+    let refused = app.try_login(&email, PASSWORD).await;
+    assert_eq!(
+        refused.code(),
+        "FORBIDDEN",
+        "not verified yet: {}",
+        refused.0
+    );
+    assert_eq!(
+        app.try_login(&email, "Other-pass-123").await.code(),
+        "UNAUTHENTICATED",
+        "the second registration changed nothing"
+    );
+
+    // Signed out, a new link can be asked for by address (answered alike for any address).
+    let resend = "mutation($e: String) { resendVerificationEmail(email: $e) }";
+    app.gql(None, resend, json!({ "e": email })).await.ok();
+    app.gql(None, resend, json!({ "e": "nobody@example.com" }))
+        .await
+        .ok();
+    eventually("a second verification link", || async {
+        outbox_to(&app, &email)
+            .await
+            .iter()
+            .filter(|r| r.template == "VERIFY_EMAIL")
+            .count()
+            == 2
+    })
+    .await;
+
+    app.gql(
+        None,
+        "mutation($t: String!) { verifyEmail(token: $t) }",
+        json!({ "t": verification.token("/verify-email") }),
+    )
+    .await
+    .ok();
+    app.login(&email, PASSWORD).await;
+    mailbox.wait_for(&email, "Welcome to Podium").await;
+}
+
+#[tokio::test]
+async fn a_mail_server_that_is_down_delays_mail_and_loses_none() {
+    let mut smtp = SmtpServer::new();
+    let url = smtp.url();
+    let app = spawn_app_with(&[("PODIUM_SMTP_URL", url.as_str())]).await;
+    let (_, email) = app.register("Lou").await;
+    eventually_within(
+        "a failed try recorded",
+        std::time::Duration::from_secs(20),
+        || async {
+            outbox_to(&app, &email)
+                .await
+                .iter()
+                .any(|r| r.status == "QUEUED" && r.attempts >= 1 && r.last_error.is_some())
+        },
+    )
+    .await;
+    smtp.start().await;
+    let mailbox = smtp.mailbox();
+    let verification = mailbox.wait_for(&email, "Confirm your email address").await;
+    mailbox.wait_for(&email, "Welcome to Podium").await;
+    let rows = outbox_to(&app, &email).await;
+    let row = rows.iter().find(|r| r.template == "VERIFY_EMAIL").unwrap();
+    assert_eq!(row.status, "SENT");
+    assert!(
+        verification.message_id.contains(&row.id.to_string()),
+        "a stable Message-ID per outbox row: {}",
+        verification.message_id
+    );
+}
+
+const OUTBOX: &str = "query($s: EmailStatus) { emailOutbox(first: 50, status: $s) { totalCount edges { node { id recipient template subject status attempts lastError } } } }";
+
+#[tokio::test]
+async fn administrators_read_the_outbox_with_errors_and_retry_a_failed_message() {
+    let mut smtp = SmtpServer::new();
+    let url = smtp.url();
+    let app = spawn_app_with(&[
+        ("PODIUM_SMTP_URL", url.as_str()),
+        ("PODIUM_MAIL_MAX_ATTEMPTS", "1"),
+    ])
+    .await;
+    let admin = app.admin().await;
+    let (user, email) = app.register("Max").await;
+    eventually("both messages FAILED after their only try", || async {
+        let rows = outbox_to(&app, &email).await;
+        rows.len() == 2 && rows.iter().all(|r| r.status == "FAILED")
+    })
+    .await;
+    let failed = app
+        .gql(Some(&admin.access), OUTBOX, json!({ "s": "FAILED" }))
+        .await
+        .ok();
+    let edges = failed.data("emailOutbox.edges").as_array().unwrap().clone();
+    let node = edges
+        .iter()
+        .map(|e| &e["node"])
+        .find(|n| n["recipient"] == json!(email.to_lowercase()) && n["template"] == "VERIFY_EMAIL")
+        .expect("the failed verification message")
+        .clone();
+    assert!(
+        node["lastError"].as_str().is_some_and(|e| !e.is_empty()),
+        "{node}"
+    );
+    assert_eq!(node["subject"], "Confirm your email address for Podium");
+
+    let denied = app
+        .gql(Some(&user.access), OUTBOX, json!({ "s": null }))
+        .await;
+    assert_eq!(denied.code(), "FORBIDDEN");
+    let retry = "mutation($id: ID!) { retryEmail(id: $id) { id status } }";
+    let denied = app
+        .gql(Some(&user.access), retry, json!({ "id": node["id"] }))
+        .await;
+    assert_eq!(denied.code(), "FORBIDDEN");
+
+    smtp.start().await;
+    let retried = app
+        .gql(Some(&admin.access), retry, json!({ "id": node["id"] }))
+        .await
+        .ok();
+    assert_eq!(retried.data("retryEmail.status"), "QUEUED");
+    smtp.mailbox()
+        .wait_for(&email, "Confirm your email address")
+        .await;
+    eventually("SENT", || async {
+        outbox_to(&app, &email)
+            .await
+            .iter()
+            .any(|r| r.template == "VERIFY_EMAIL" && r.status == "SENT")
+    })
+    .await;
+    let twice = app
+        .gql(Some(&admin.access), retry, json!({ "id": node["id"] }))
+        .await;
+    assert_eq!(twice.code(), "CONFLICT", "a sent message is not sent again");
+    assert_eq!(
+        smtp.mailbox()
+            .to(&email)
+            .iter()
+            .filter(|m| m.subject.contains("Confirm"))
+            .count(),
+        1
+    );
+    // The welcome message is still FAILED, untouched by the other's retry.
+    assert!(
+        outbox_to(&app, &email)
+            .await
+            .iter()
+            .any(|r| r.template == "WELCOME" && r.status == "FAILED")
+    );
+}
+
+#[tokio::test]
+async fn without_a_portal_podiums_own_pages_complete_verification_and_reset() {
+    let app = spawn_app().await;
+    let (_, email) = app.register("Ned").await;
+    let mailbox = Mailbox::at(&app.state.settings.mail.dir);
+    let verification = mailbox.wait_for(&email, "Confirm your email address").await;
+    let token = verification.token("/verify-email");
+    let page = app.get(&format!("/verify-email?token={token}")).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(&format!("value=\"{token}\"")),
+        "a form posting the token"
+    );
+    let form = |pairs: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        pairs
+    };
+    let verified = |app: &TestApp| {
+        let app_pool = app.state.pool.clone();
+        let email = email.to_lowercase();
+        async move {
+            let mut conn = app_pool.get().await.unwrap();
+            podium::users::model::find_by_email(&mut conn, &email)
+                .await
+                .unwrap()
+                .unwrap()
+                .email_verified_at
+                .is_some()
+        }
+    };
+    assert!(!verified(&app).await, "opening the link changes nothing");
+    let done = app
+        .client
+        .post(format!("{}/verify-email", app.address))
+        .form(&form(&[("token", &token)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("Address confirmed"));
+    assert!(verified(&app).await);
+    let reused = app
+        .client
+        .post(format!("{}/verify-email", app.address))
+        .form(&form(&[("token", &token)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reused.status(), 400);
+    assert!(
+        reused
+            .text()
+            .await
+            .unwrap()
+            .contains("This link is invalid")
+    );
+
+    // Asking for a reset from the page, then setting the password on it.
+    let asked = app
+        .client
+        .post(format!("{}/reset-password", app.address))
+        .form(&form(&[("email", &email)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 200);
+    let token = mailbox
+        .wait_for(&email, "Reset your")
+        .await
+        .token("/reset-password");
+    let page = app
+        .get(&format!("/reset-password?token={token}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("type=\"password\""));
+    let weak = app
+        .client
+        .post(format!("{}/reset-password", app.address))
+        .form(&form(&[("token", &token), ("password", "short")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(weak.status(), 400);
+    let weak = weak.text().await.unwrap();
+    assert!(
+        weak.contains("The new password") && weak.contains(&format!("value=\"{token}\"")),
+        "{weak}"
+    );
+    let done = app
+        .client
+        .post(format!("{}/reset-password", app.address))
+        .form(&form(&[("token", &token), ("password", "BrandNew-456")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("Password changed"));
+    app.login(&email, "BrandNew-456").await;
 }
