@@ -989,19 +989,20 @@ async fn podium_killed_while_provisioning_finishes_the_work_after_a_restart() {
     let mut server = run("600000", &log);
     wait_ready(&reqwest::Client::new(), port, &mut server.0, &log).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while instance_status(&mut conn, &id).await != "PROVISIONING" {
+    // Placed (PROVISIONING) and its generated credentials kept, sealed: the pass stores them
+    // right after recording the status, before it applies the objects.
+    let sealed = loop {
+        let sealed = credentials_of(&mut conn, &id).await;
+        if instance_status(&mut conn, &id).await == "PROVISIONING" && sealed.is_some() {
+            break sealed;
+        }
         assert!(
             Instant::now() < deadline,
-            "never provisioning: {}",
+            "never provisioning with sealed credentials: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let sealed = credentials_of(&mut conn, &id).await;
-    assert!(
-        sealed.is_some(),
-        "the generated credentials are kept, sealed"
-    );
+    };
     unsafe { libc::kill(server.0.id() as i32, libc::SIGKILL) };
     server.0.wait().unwrap();
 
