@@ -1157,6 +1157,8 @@ async fn with_the_run_command_alone_the_seeded_user_watches_an_instance_come_up_
     .await
     .ok();
     while next_status().await["status"] != "STOPPED" {}
+    // This process may not have built an app (which installs rustls's provider) yet.
+    podium::provisioner::embedded::install_crypto_provider();
     let kube = kube::Client::try_from(kube::Config::new(cluster_url.parse().unwrap())).unwrap();
     let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::all(kube);
     let name = podium::provisioner::objects::object_name(
@@ -1171,5 +1173,46 @@ async fn with_the_run_command_alone_the_seeded_user_watches_an_instance_come_up_
         .find(|d| d.metadata.name.as_deref() == Some(name.as_str()))
         .expect("the instance's Deployment");
     assert_eq!(deployment.spec.unwrap().replicas, Some(0));
+
+    // Mail without SMTP: registering writes a verification message under the data
+    // directory's `mail`, and its link verifies the address on Podium's own page.
+    let registered = gql(
+        &client,
+        port,
+        None,
+        "mutation { register(input: {name: \"Nia\", email: \"nia@example.com\", password: \"Password123\"}) { accessToken } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    let nia = registered.str("register.accessToken");
+    let mailbox = crate::mail_helpers::Mailbox::at(data.join("mail"));
+    let message = mailbox
+        .wait_for("nia@example.com", "Confirm your email address")
+        .await;
+    let link = message.link("/verify-email");
+    assert!(
+        link.starts_with(&format!("http://127.0.0.1:{port}/verify-email?token=")),
+        "{link}"
+    );
+    let page = client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let confirmed = client
+        .post(format!("http://127.0.0.1:{port}/verify-email"))
+        .form(&[("token", message.token("/verify-email"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 200);
+    let me = gql(
+        &client,
+        port,
+        Some(&nia),
+        "{ me { emailVerifiedAt } }",
+        json!({}),
+    )
+    .await
+    .ok();
+    assert!(me.data("me.emailVerifiedAt").is_string());
     stop(&mut child.0, libc::SIGINT);
 }
