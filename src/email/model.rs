@@ -167,6 +167,17 @@ pub async fn count(conn: &mut Conn, status: Option<EmailStatus>) -> QueryResult<
         .await
 }
 
+/// SENT messages older than `before` go (FAILED ones stay until someone looks).
+pub async fn prune_sent(conn: &mut Conn, before: DateTime<Utc>) -> QueryResult<usize> {
+    diesel::delete(
+        email_outbox::table
+            .filter(email_outbox::status.eq(EmailStatus::Sent))
+            .filter(email_outbox::created_at.lt(before)),
+    )
+    .execute(conn)
+    .await
+}
+
 /// Messages of this kind to `recipient` queued since `since`: the per-address cap on
 /// account mail, the same on every replica.
 pub async fn recent_to(

@@ -44,6 +44,15 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
             tracing::info!(sessions = n, "expired sessions removed");
             let keys = crate::idempotency::prune(&mut conn, state.clock.now()).await?;
             tracing::info!(keys, "expired idempotency keys removed");
+            let day = chrono::Duration::days(1);
+            let tokens =
+                crate::auth::email_tokens::prune(&mut conn, state.clock.now() - day).await?;
+            let sent = crate::email::model::prune_sent(&mut conn, Utc::now() - day * 90).await?;
+            tracing::info!(
+                tokens,
+                sent,
+                "expired mail tokens and old sent mail removed"
+            );
             Ok(())
         }
         JOBS_PRUNE => {
