@@ -92,8 +92,7 @@ impl EmailQuery {
         &self,
         ctx: &Context<'_>,
     ) -> Result<NotificationPreferences> {
-        let actor = ctx.identity().actor()?;
-        Ok(preferences::get(ctx.state(), ctx.identity(), actor.user_id).await?)
+        Ok(preferences::mine(ctx.state(), ctx.identity()).await?)
     }
 }
 

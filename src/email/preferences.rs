@@ -60,18 +60,11 @@ pub async fn wants(conn: &mut Conn, user_id: Uuid, category: Category) -> QueryR
     })
 }
 
-/// The caller's own switches, or (administrators) anyone's.
-pub async fn get(
-    state: &AppState,
-    identity: &Identity,
-    user_id: Uuid,
-) -> AppResult<NotificationPreferences> {
+/// The caller's own switches.
+pub async fn mine(state: &AppState, identity: &Identity) -> AppResult<NotificationPreferences> {
     let actor = identity.actor()?;
-    if actor.user_id != user_id {
-        identity.admin()?;
-    }
     let mut conn = state.pool.get().await?;
-    Ok(load(&mut conn, user_id).await?)
+    Ok(load(&mut conn, actor.user_id).await?)
 }
 
 /// Sets the caller's own switches.
