@@ -32,7 +32,7 @@ pub struct AuthTokens {
 /// How a registration ended.
 pub enum Registration {
     /// Signed in at once (sign-in does not wait for a verified address).
-    SignedIn(AuthTokens),
+    SignedIn(Box<AuthTokens>),
     /// "Check your mail": the answer for a new address and for one with an account alike,
     /// when sign-in waits for a verified address (`PODIUM_REQUIRE_VERIFIED_EMAIL`).
     CheckMail,
@@ -102,7 +102,7 @@ pub async fn register(
         .await?;
     state.jobs_wakeup.notify_waiters();
     tracing::info!(user_id = %user.id, "user registered");
-    tokens(state, user, session_id, refresh_token).map(Registration::SignedIn)
+    tokens(state, user, session_id, refresh_token).map(|t| Registration::SignedIn(Box::new(t)))
 }
 
 pub async fn login(

@@ -105,13 +105,17 @@ fn shown(e: &AppError) -> (StatusCode, String) {
 }
 
 /// The per-address request limit every page shares with the API.
-fn admitted(state: &AppState, req: &HttpRequest) -> Result<crate::state::ClientInfo, HttpResponse> {
+/// A refusal is a whole page (boxed: it is much bigger than the client).
+fn admitted(
+    state: &AppState,
+    req: &HttpRequest,
+) -> Result<crate::state::ClientInfo, Box<HttpResponse>> {
     let client = client_info(req, &state.settings.trusted_proxies);
     match state.limits.per_ip.hit(&address_key(client.ip)) {
         Ok(()) => Ok(client),
         Err(secs) => {
             let (status, error) = shown(&AppError::rate_limited(secs));
-            Err(page(
+            Err(Box::new(page(
                 state,
                 status,
                 Page {
@@ -119,7 +123,7 @@ fn admitted(state: &AppState, req: &HttpRequest) -> Result<crate::state::ClientI
                     error: Some(error),
                     ..Default::default()
                 },
-            ))
+            )))
         }
     }
 }
@@ -130,7 +134,7 @@ pub async fn verify_form(
     query: Query,
 ) -> HttpResponse {
     if let Err(refused) = admitted(&state, &req) {
-        return refused;
+        return *refused;
     }
     match query.get("token") {
         Some(token) => page(
@@ -159,7 +163,7 @@ pub async fn verify_form(
 
 pub async fn verify(state: web::Data<AppState>, req: HttpRequest, form: Form) -> HttpResponse {
     if let Err(refused) = admitted(&state, &req) {
-        return refused;
+        return *refused;
     }
     let token = form.get("token").map(String::as_str).unwrap_or("");
     match recovery::verify_email(&state, token).await {
@@ -195,7 +199,7 @@ pub async fn reset_form(
     query: Query,
 ) -> HttpResponse {
     if let Err(refused) = admitted(&state, &req) {
-        return refused;
+        return *refused;
     }
     match query.get("token") {
         Some(token) => page(
@@ -224,7 +228,7 @@ pub async fn reset_form(
 pub async fn reset(state: web::Data<AppState>, req: HttpRequest, form: Form) -> HttpResponse {
     let client = match admitted(&state, &req) {
         Ok(client) => client,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if let Some(email) = form.get("email") {
         return match recovery::request_password_reset(&state, email, &client).await {
