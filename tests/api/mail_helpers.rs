@@ -158,9 +158,9 @@ impl SmtpServer {
             .local_addr()
             .unwrap()
             .port();
+        // aiosmtpd makes the Maildir (it refuses one that exists without its subdirectories).
         let dir =
             std::env::temp_dir().join(format!("podium-smtp-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
         SmtpServer {
             port,
             dir,
@@ -217,4 +217,35 @@ impl Drop for SmtpServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One outbox row, as the database holds it.
+#[derive(diesel::QueryableByName, Debug, Clone)]
+pub struct OutboxRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: uuid::Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub template: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status: String,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub last_error: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub sealed: bool,
+}
+
+/// The outbox rows addressed to `recipient`, oldest first.
+pub async fn outbox_to(app: &crate::helpers::TestApp, recipient: &str) -> Vec<OutboxRow> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = app.state.pool.get().await.unwrap();
+    diesel::sql_query(
+        "SELECT id, template, status, attempts, last_error, secret IS NOT NULL AS sealed
+         FROM email_outbox WHERE recipient = lower($1) ORDER BY created_at, id",
+    )
+    .bind::<diesel::sql_types::Text, _>(recipient)
+    .load(&mut conn)
+    .await
+    .unwrap()
 }
