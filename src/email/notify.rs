@@ -61,6 +61,14 @@ impl Billed<'_> {
         })
     }
 
+    fn mail(&self, to: Recipient, template: EmailTemplate, extra: Value, key: String) -> Mail {
+        let mut params = self.params();
+        if let (Some(p), Value::Object(extra)) = (params.as_object_mut(), extra) {
+            p.extend(extra);
+        }
+        Mail::new(template, to, params).once(key)
+    }
+
     async fn send(
         &self,
         conn: &mut Conn,
@@ -69,12 +77,8 @@ impl Billed<'_> {
         extra: Value,
         key: String,
     ) -> AppResult<Option<Uuid>> {
-        let mut params = self.params();
-        if let (Some(p), Value::Object(extra)) = (params.as_object_mut(), extra) {
-            p.extend(extra);
-        }
         let to = recipient(conn, self.sub.user_id).await?;
-        queue(conn, state, Mail::new(template, to, params).once(key)).await
+        queue(conn, state, self.mail(to, template, extra, key)).await
     }
 }
 
@@ -120,15 +124,26 @@ pub async fn renewal_paid(
     invoice_id: Uuid,
     invoice_number: &str,
 ) -> AppResult<Option<Uuid>> {
+    let to = recipient(conn, billed.sub.user_id).await?;
+    let mail = renewal_paid_mail(state, billed, to, invoice_id, invoice_number);
+    queue(conn, state, mail).await
+}
+
+/// The "renewal paid" message, for a bulk step to queue with others (`queue_many`).
+pub fn renewal_paid_mail(
+    state: &AppState,
+    billed: &Billed<'_>,
+    to: Recipient,
+    invoice_id: Uuid,
+    invoice_number: &str,
+) -> Mail {
     let extra = json!({
         "invoice_number": invoice_number,
         "invoice_url": invoice_url(state, invoice_id),
         "period_end": day(billed.sub.current_period_end),
     });
     let key = format!("renewal-paid:{invoice_id}");
-    billed
-        .send(conn, state, EmailTemplate::RenewalPaid, extra, key)
-        .await
+    billed.mail(to, EmailTemplate::RenewalPaid, extra, key)
 }
 
 /// A renewal charge failed (the first time, or at a dunning retry): once per period and

@@ -136,15 +136,21 @@ pub struct Renewed {
     pub service_name: String,
     #[diesel(sql_type = Text)]
     pub plan_name: String,
+    #[diesel(sql_type = Text)]
+    pub email: String,
+    #[diesel(sql_type = Text)]
+    pub user_name: String,
 }
 
 /// The invoices that paid the current periods of `ids` (just renewed), with the wallets'
-/// balances and the names the messages print: one statement for a whole batch.
+/// balances, the names the messages print and their owners' addresses: one statement for
+/// a whole batch.
 pub async fn renewed(conn: &mut Conn, ids: &[uuid::Uuid]) -> diesel::QueryResult<Vec<Renewed>> {
     diesel::sql_query(
         "SELECT s.id AS subscription_id, i.id AS invoice_id, i.number, i.total, w.balance,
-                sv.name AS service_name, p.name AS plan_name
+                sv.name AS service_name, p.name AS plan_name, u.email, u.name AS user_name
          FROM service_subscriptions s
+         JOIN users u ON u.id = s.user_id
          JOIN invoices i ON i.subscription_id = s.id
               AND i.purpose = 'period:' || floor(extract(epoch FROM s.current_period_start))::bigint
          JOIN wallets w ON w.user_id = s.user_id

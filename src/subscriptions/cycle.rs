@@ -23,6 +23,7 @@ use crate::billing::model::TransactionType;
 use crate::billing::service::{self as billing, Charge};
 use crate::catalog::service::{self as catalog, ForSale};
 use crate::db::Conn;
+use crate::email::Recipient;
 use crate::email::notify::{self, Billed};
 use crate::error::{AppError, AppResult};
 use crate::instances::model::DesiredState;
@@ -199,19 +200,32 @@ async fn notify_renewed(
         .into_iter()
         .map(|r| (r.subscription_id, r))
         .collect();
-    for sub in batch {
-        let Some(r) = facts.get(&sub.id) else {
-            continue;
-        };
-        let billed = Billed {
-            sub,
-            service: &r.service_name,
-            plan: &r.plan_name,
-            amount: r.total,
-            balance: r.balance,
-        };
-        notify::renewal_paid(conn, state, &billed, r.invoice_id, &r.number).await?;
-    }
+    let mails = batch
+        .iter()
+        .filter_map(|sub| {
+            let r = facts.get(&sub.id)?;
+            let billed = Billed {
+                sub,
+                service: &r.service_name,
+                plan: &r.plan_name,
+                amount: r.total,
+                balance: r.balance,
+            };
+            let to = Recipient {
+                user_id: Some(sub.user_id),
+                email: r.email.clone(),
+                name: r.user_name.clone(),
+            };
+            Some(notify::renewal_paid_mail(
+                state,
+                &billed,
+                to,
+                r.invoice_id,
+                &r.number,
+            ))
+        })
+        .collect();
+    crate::email::outbox::queue_many(conn, state, mails).await?;
     Ok(())
 }
 

@@ -139,8 +139,25 @@ async fn a_renewal_sends_its_invoice_number_and_link() {
     let admin = app.admin().await;
     let (user, email) = customer(&app, &admin, "renewer", "70000").await;
     let (id, _) = ghost(&app, &user, "renewed blog").await;
+    // Another customer renewed in the same (bulk) batch hears of their own invoice.
+    let (other, other_email) = customer(&app, &admin, "another", "60000").await;
+    let (other_id, _) = ghost(&app, &other, "another blog").await;
     let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
-    tick(&app, end + Duration::minutes(1)).await;
+    let other_end = at(&sub(&app, &other, &other_id).await["currentPeriodEnd"]);
+    tick(&app, end.max(other_end) + Duration::minutes(1)).await;
+    let other_paid = Mailbox::shared()
+        .wait_for(&other_email, "Renewal paid")
+        .await;
+    let other_number = invoices(&app, &other).await[0]["number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(other_paid.subject.contains(&other_number));
+    assert!(
+        other_paid.text.contains("Wallet balance: 0.00 IDR"),
+        "{}",
+        other_paid.text
+    );
 
     let paid = Mailbox::shared().wait_for(&email, "Renewal paid").await;
     let invoice = &invoices(&app, &user).await[0];
@@ -170,7 +187,7 @@ async fn a_renewal_sends_its_invoice_number_and_link() {
     assert!(page.text().await.unwrap().contains(number));
 
     // Running the cycle again renews nothing and mails nothing.
-    tick(&app, end + Duration::minutes(2)).await;
+    tick(&app, end.max(other_end) + Duration::minutes(2)).await;
     assert_eq!(queued(&app, &email, "RENEWAL_PAID").await, 1);
 }
 
