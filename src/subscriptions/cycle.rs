@@ -456,7 +456,10 @@ async fn renew(
             cycle.current_period_start = start;
             cycle.current_period_end = end_at;
             cycle.failed_charges = 0;
-            let balance = billing::balance(conn, sub.user_id).await?;
+            let balance = match &paid.transaction {
+                Some(t) => t.balance_after,
+                None => billing::balance(conn, sub.user_id).await?,
+            };
             (Step::Renewed, Some(paid), balance)
         }
         Ok(Err(short)) => {
