@@ -74,6 +74,8 @@ impl Charge<'_> {
 #[derive(Debug, Clone)]
 pub struct Paid {
     pub invoice_id: Uuid,
+    pub number: String,
+    pub total: i64,
     pub transaction: Option<WalletTransaction>,
 }
 
@@ -149,7 +151,7 @@ pub async fn charge(
     } else {
         None
     };
-    invoice::issue(
+    let number = invoice::issue(
         conn,
         billing,
         &c.draft(
@@ -161,6 +163,8 @@ pub async fn charge(
     .await?;
     Ok(Ok(Paid {
         invoice_id,
+        number,
+        total,
         transaction,
     }))
 }
@@ -174,6 +178,11 @@ pub async fn issue_open(
     let id = Uuid::new_v4();
     invoice::issue(conn, billing, &c.draft(id, InvoiceStatus::Open, None)).await?;
     Ok(id)
+}
+
+/// The wallet's balance (zero before its first movement), as the caller's transaction sees it.
+pub async fn balance(conn: &mut Conn, user_id: Uuid) -> AppResult<i64> {
+    wallet::balance(conn, user_id).await
 }
 
 /// The subscription's unpaid invoice, if any.

@@ -323,6 +323,7 @@ enum Settled {
 /// is always credited (once, by unique key), even after a failure was recorded, but only
 /// when it is the top-up's amount and currency; a late failure never undoes a success.
 async fn settle(
+    state: &AppState,
     conn: &mut Conn,
     top_up: &TopUp,
     intent_id: &str,
@@ -370,7 +371,11 @@ async fn settle(
             )
             .await?;
             Ok(match posted {
-                Posted::New(_) => Settled::Credited,
+                Posted::New(t) => {
+                    crate::email::notify::top_up_received(conn, state, top_up, t.balance_after)
+                        .await?;
+                    Settled::Credited
+                }
                 _ => Settled::Unchanged,
             })
         }
@@ -507,7 +512,7 @@ async fn apply_event(
                 "Stripe event for a PaymentIntent that is not a top-up here: ignored");
             return Ok(Settled::Unchanged);
         };
-        let settled = settle(conn, &top_up, intent_id, outcome, now).await?;
+        let settled = settle(state, conn, &top_up, intent_id, outcome, now).await?;
         tracing::info!(event_id = %event.id, kind = %event.kind, top_up_id = %top_up.id, ?settled,
             "Stripe event processed");
         Ok::<_, AppError>(settled)
@@ -617,7 +622,9 @@ pub async fn reconcile(state: &AppState) -> anyhow::Result<Reconciled> {
                         return Ok(None);
                     }
                     let intent = intent_id.as_deref().unwrap_or("");
-                    Ok(Some(settle(conn, &current, intent, &outcome, now).await?))
+                    Ok(Some(
+                        settle(state, conn, &current, intent, &outcome, now).await?,
+                    ))
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("settling top-up {}: {}", top_up.id, e.message()))?;

@@ -10,6 +10,7 @@
 
 pub mod graphql;
 pub mod model;
+pub mod notify;
 pub mod outbox;
 pub mod preferences;
 pub mod service;

@@ -79,6 +79,16 @@ pub async fn insert(conn: &mut Conn, email: &NewEmail<'_>) -> QueryResult<bool> 
     Ok(n == 1)
 }
 
+/// Inserts messages in one statement; returns the ids of those whose unique key was free.
+pub async fn insert_many(conn: &mut Conn, emails: &[NewEmail<'_>]) -> QueryResult<Vec<Uuid>> {
+    diesel::insert_into(email_outbox::table)
+        .values(emails)
+        .on_conflict_do_nothing()
+        .returning(email_outbox::id)
+        .get_results(conn)
+        .await
+}
+
 pub async fn find(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Email>> {
     email_outbox::table
         .find(id)

@@ -114,47 +114,104 @@ pub async fn queue(conn: &mut Conn, state: &AppState, mail: Mail) -> AppResult<O
     {
         return Ok(None);
     }
-    let id = Uuid::new_v4();
-    let mut params = match mail.params {
-        serde_json::Value::Object(map) => serde_json::Value::Object(map),
-        _ => json!({}),
-    };
-    // Rendered again at send time, with the name it was queued for.
-    params["name"] = json!(mail.to.name);
-    // The subject holds no secret: rendered with a placeholder link.
-    let placeholder = link(state, mail.template, mail.token.as_ref().map(|_| "…"));
-    let subject = templates::subject(
-        mail.template,
-        &common(state, &mail.to, placeholder),
-        &params,
-    )
-    .map_err(|e| {
-        AppError::internal(anyhow::anyhow!("email template {:?}: {e:#}", mail.template))
-    })?;
-    let secret = mail.token.map(|token| {
-        state
-            .sealer
-            .seal(id, &BTreeMap::from([("token".to_string(), token)]))
-    });
-    let fresh = model::insert(
-        conn,
-        &NewEmail {
-            id,
-            user_id: mail.to.user_id,
-            recipient: &mail.to.email,
-            template: mail.template,
-            subject: &subject,
-            params: &params,
-            secret,
-            unique_key: mail.unique_key.as_deref(),
-        },
-    )
-    .await?;
+    let row = Prepared::of(state, mail)?;
+    let fresh = model::insert(conn, &row.new_email()).await?;
     if !fresh {
         return Ok(None);
     }
-    enqueue_send(conn, state.settings.mail.max_attempts, id, "").await?;
-    Ok(Some(id))
+    enqueue_send(conn, state.settings.mail.max_attempts, row.id, "").await?;
+    Ok(Some(row.id))
+}
+
+/// [`queue`] for many messages at once (a bulk step's), in two statements whatever their
+/// number; returns how many were queued.
+pub async fn queue_many(conn: &mut Conn, state: &AppState, mails: Vec<Mail>) -> AppResult<usize> {
+    let mut rows = Vec::with_capacity(mails.len());
+    for mail in mails {
+        if let Some(user_id) = mail.to.user_id
+            && !preferences::wants(conn, user_id, mail.category()).await?
+        {
+            continue;
+        }
+        rows.push(Prepared::of(state, mail)?);
+    }
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let fresh = model::insert_many(
+        conn,
+        &rows.iter().map(Prepared::new_email).collect::<Vec<_>>(),
+    )
+    .await?;
+    let jobs: Vec<(serde_json::Value, String)> = fresh
+        .iter()
+        .map(|id| (json!({ "emailId": id }), format!("{SEND_JOB}:{id}")))
+        .collect();
+    crate::jobs::model::enqueue_many(
+        conn,
+        SEND_JOB,
+        &jobs,
+        Utc::now(),
+        state.settings.mail.max_attempts,
+    )
+    .await?;
+    Ok(fresh.len())
+}
+
+/// An outbox row ready to insert: its subject rendered, its token sealed.
+struct Prepared {
+    id: Uuid,
+    mail: Mail,
+    subject: String,
+    params: serde_json::Value,
+    secret: Option<Vec<u8>>,
+}
+
+impl Prepared {
+    fn of(state: &AppState, mut mail: Mail) -> AppResult<Self> {
+        let id = Uuid::new_v4();
+        let mut params = match std::mem::take(&mut mail.params) {
+            serde_json::Value::Object(map) => serde_json::Value::Object(map),
+            _ => json!({}),
+        };
+        // Rendered again at send time, with the name it was queued for.
+        params["name"] = json!(mail.to.name);
+        // The subject holds no secret: rendered with a placeholder link.
+        let placeholder = link(state, mail.template, mail.token.as_ref().map(|_| "…"));
+        let subject = templates::subject(
+            mail.template,
+            &common(state, &mail.to, placeholder),
+            &params,
+        )
+        .map_err(|e| {
+            AppError::internal(anyhow::anyhow!("email template {:?}: {e:#}", mail.template))
+        })?;
+        let secret = mail.token.take().map(|token| {
+            state
+                .sealer
+                .seal(id, &BTreeMap::from([("token".to_string(), token)]))
+        });
+        Ok(Prepared {
+            id,
+            mail,
+            subject,
+            params,
+            secret,
+        })
+    }
+
+    fn new_email(&self) -> NewEmail<'_> {
+        NewEmail {
+            id: self.id,
+            user_id: self.mail.to.user_id,
+            recipient: &self.mail.to.email,
+            template: self.mail.template,
+            subject: &self.subject,
+            params: &self.params,
+            secret: self.secret.clone(),
+            unique_key: self.mail.unique_key.as_deref(),
+        }
+    }
 }
 
 /// The job that sends message `id`; `round` tells an administrator's retry from the first.

@@ -285,6 +285,17 @@ pub async fn subscription_status(conn: &mut Conn, subscription_id: Uuid) -> Quer
         .await
 }
 
+/// The name of the service a subscription is to (for its owner's messages).
+pub async fn service_name(conn: &mut Conn, subscription_id: Uuid) -> QueryResult<String> {
+    use crate::db::schema::{service_plans, service_subscriptions as subs, services};
+    subs::table
+        .inner_join(service_plans::table.inner_join(services::table))
+        .filter(subs::id.eq(subscription_id))
+        .select(services::name)
+        .get_result(conn)
+        .await
+}
+
 /// Everything the provisioner needs about one instance: the instance, its plan's
 /// resources, its service's image and template, and the node it is placed on.
 #[derive(QueryableByName, Clone, Debug)]

@@ -13,6 +13,7 @@ use super::events;
 use super::model::{self, DesiredState, InstanceStatus, NewInstance, ServiceInstance, Workload};
 use crate::auth::Identity;
 use crate::db::Conn;
+use crate::email::notify;
 use crate::error::{AppError, AppResult};
 use crate::pagination::{Page, PageArgs, Total};
 use crate::state::AppState;
@@ -307,14 +308,37 @@ pub async fn record_status(
             };
             if previous != after.status {
                 events::status_changed(conn, previous, &after).await?;
+                notify_status(conn, state, &after).await?;
             }
             Ok(Some(after))
         })
         .await?;
     if changed.is_some() {
-        state.events.outbox_written();
+        committed(state);
     }
     Ok(changed)
+}
+
+/// Tells the owner that an instance came up (the first time only) or failed (once per
+/// generation), inside the transaction that records the status.
+async fn notify_status(
+    conn: &mut Conn,
+    state: &AppState,
+    after: &ServiceInstance,
+) -> AppResult<()> {
+    if !matches!(
+        after.status,
+        InstanceStatus::Running | InstanceStatus::Failed
+    ) {
+        return Ok(());
+    }
+    let service = model::service_name(conn, after.subscription_id).await?;
+    if after.status == InstanceStatus::Running {
+        notify::instance_ready(conn, state, after, &service).await?;
+    } else {
+        notify::instance_failed(conn, state, after, &service).await?;
+    }
+    Ok(())
 }
 
 /// Instances to look at again: a page (by id, after `after`) of those not yet TERMINATED.

@@ -25,6 +25,8 @@ pub const BILLING_RENEWALS: &str = "billing.renewals";
 pub const BILLING_DUNNING: &str = "billing.dunning";
 /// Settle PENDING top-ups whose webhook never came, by asking Stripe.
 pub const BILLING_RECONCILE_TOP_UPS: &str = crate::billing::topup::RECONCILE_JOB;
+/// Queue renewal reminders (with low-balance warnings) and expiry warnings.
+pub const MAIL_REMINDERS: &str = "mail.reminders";
 /// Look at every instance again: the level-triggered safety net of the provisioner.
 pub const INSTANCES_RESYNC: &str = "instances.resync";
 /// Sleeps, optionally panics: for watching workers and leases (see `runner`).

@@ -101,6 +101,37 @@ pub async fn enqueue_tries(
     Ok(n == 1)
 }
 
+/// Jobs of one kind, each with its payload and unique key, in one statement (those whose
+/// key was used before are skipped); returns how many were queued.
+pub async fn enqueue_many(
+    conn: &mut Conn,
+    kind: &str,
+    items: &[(serde_json::Value, String)],
+    run_at: DateTime<Utc>,
+    max_attempts: i32,
+) -> QueryResult<usize> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<_> = items
+        .iter()
+        .map(|(payload, key)| {
+            (
+                jobs::kind.eq(kind),
+                jobs::payload.eq(payload),
+                jobs::run_at.eq(run_at),
+                jobs::unique_key.eq(Some(key.as_str())),
+                jobs::max_attempts.eq(max_attempts),
+            )
+        })
+        .collect();
+    diesel::insert_into(jobs::table)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await
+}
+
 /// Claims the next due job for `worker`, holding it for `lease` (renewed with [`renew`]).
 pub async fn claim(conn: &mut Conn, worker: &str, lease: Duration) -> QueryResult<Option<Job>> {
     diesel::sql_query(

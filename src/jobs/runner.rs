@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::model::{self, Job};
 use super::{
     BILLING_DUNNING, BILLING_RECONCILE_TOP_UPS, BILLING_RENEWALS, DIAGNOSTIC_SLEEP,
-    INSTANCES_RESYNC, JOBS_PRUNE, NODE_STALENESS, TOKEN_CLEANUP,
+    INSTANCES_RESYNC, JOBS_PRUNE, MAIL_REMINDERS, NODE_STALENESS, TOKEN_CLEANUP,
 };
 use crate::billing::service::SETTLE_JOB;
 use crate::error::AppError;
@@ -92,6 +92,10 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
         crate::email::SEND_JOB => {
             let id: uuid::Uuid = serde_json::from_value(job.payload["emailId"].clone())?;
             crate::email::outbox::deliver(state, id, job.attempts >= job.max_attempts).await
+        }
+        MAIL_REMINDERS => {
+            crate::subscriptions::reminders::run(state).await?;
+            Ok(())
         }
         INSTANCES_RESYNC => crate::provisioner::reconcile::resync(state)
             .await

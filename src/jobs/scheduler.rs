@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::model;
 use super::{
     BILLING_DUNNING, BILLING_RECONCILE_TOP_UPS, BILLING_RENEWALS, INSTANCES_RESYNC, JOBS_PRUNE,
-    NODE_STALENESS, TOKEN_CLEANUP,
+    MAIL_REMINDERS, NODE_STALENESS, TOKEN_CLEANUP,
 };
 use crate::state::AppState;
 
@@ -45,6 +45,10 @@ pub fn schedules(state: &AppState) -> Vec<Schedule> {
         Schedule {
             name: BILLING_RECONCILE_TOP_UPS,
             cron: state.settings.billing.top_up_reconcile_cron.clone(),
+        },
+        Schedule {
+            name: MAIL_REMINDERS,
+            cron: state.settings.mail.reminder_cron.clone(),
         },
         Schedule {
             name: INSTANCES_RESYNC,

@@ -118,3 +118,47 @@ pub async fn renew_batch(
     .load::<Subscription>(conn)
     .await
 }
+
+/// What the message of one renewal says, read back after `renew_batch` in its transaction.
+#[derive(diesel::QueryableByName, Debug, Clone)]
+pub struct Renewed {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub subscription_id: uuid::Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub invoice_id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    pub number: String,
+    #[diesel(sql_type = Int8)]
+    pub total: i64,
+    #[diesel(sql_type = Int8)]
+    pub balance: i64,
+    #[diesel(sql_type = Text)]
+    pub service_name: String,
+    #[diesel(sql_type = Text)]
+    pub plan_name: String,
+    #[diesel(sql_type = Text)]
+    pub email: String,
+    #[diesel(sql_type = Text)]
+    pub user_name: String,
+}
+
+/// The invoices that paid the current periods of `ids` (just renewed), with the wallets'
+/// balances, the names the messages print and their owners' addresses: one statement for
+/// a whole batch.
+pub async fn renewed(conn: &mut Conn, ids: &[uuid::Uuid]) -> diesel::QueryResult<Vec<Renewed>> {
+    diesel::sql_query(
+        "SELECT s.id AS subscription_id, i.id AS invoice_id, i.number, i.total, w.balance,
+                sv.name AS service_name, p.name AS plan_name, u.email, u.name AS user_name
+         FROM service_subscriptions s
+         JOIN users u ON u.id = s.user_id
+         JOIN invoices i ON i.subscription_id = s.id
+              AND i.purpose = 'period:' || floor(extract(epoch FROM s.current_period_start))::bigint
+         JOIN wallets w ON w.user_id = s.user_id
+         JOIN service_plans p ON p.id = s.plan_id
+         JOIN services sv ON sv.id = p.service_id
+         WHERE s.id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .load(conn)
+    .await
+}

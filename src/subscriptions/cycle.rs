@@ -23,6 +23,8 @@ use crate::billing::model::TransactionType;
 use crate::billing::service::{self as billing, Charge};
 use crate::catalog::service::{self as catalog, ForSale};
 use crate::db::Conn;
+use crate::email::Recipient;
+use crate::email::notify::{self, Billed};
 use crate::error::{AppError, AppResult};
 use crate::instances::model::DesiredState;
 use crate::state::AppState;
@@ -98,10 +100,10 @@ enum Step {
 /// Plans and services by plan id, read once per run (they change rarely, and a renewal
 /// reads the price at its own moment from the row it locks anyway: see `renew`).
 #[derive(Default)]
-struct Plans(Mutex<HashMap<Uuid, ForSale>>);
+pub(super) struct Plans(Mutex<HashMap<Uuid, ForSale>>);
 
 impl Plans {
-    async fn get(&self, conn: &mut Conn, plan_id: Uuid) -> AppResult<ForSale> {
+    pub(super) async fn get(&self, conn: &mut Conn, plan_id: Uuid) -> AppResult<ForSale> {
         if let Some(found) = self.0.lock().expect("not poisoned").get(&plan_id) {
             return Ok(found.clone());
         }
@@ -150,9 +152,14 @@ async fn renew_in_bulk(state: &AppState) -> anyhow::Result<usize> {
             let mut conn = state.pool.get().await?;
             let now = state.clock.now();
             let batch = crate::retry_transient!(
-                super::bulk::renew_batch(&mut conn, &state.settings.billing, now, BULK_BATCH)
-                    .await
-                    .map_err(AppError::from)
+                conn.transaction(async |conn| {
+                    let batch =
+                        super::bulk::renew_batch(conn, &state.settings.billing, now, BULK_BATCH)
+                            .await?;
+                    notify_renewed(conn, state, &batch).await?;
+                    Ok::<_, AppError>(batch)
+                })
+                .await
             )
             .map_err(|e| anyhow::anyhow!("bulk renewal: {e:?}"))?;
             if batch.is_empty() {
@@ -175,6 +182,51 @@ async fn renew_in_bulk(state: &AppState) -> anyhow::Result<usize> {
         super::service::committed(state);
     }
     Ok(total)
+}
+
+/// Queues the "renewal paid" message of each subscription a bulk batch renewed (in the
+/// batch's transaction).
+async fn notify_renewed(
+    conn: &mut Conn,
+    state: &AppState,
+    batch: &[Subscription],
+) -> AppResult<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = batch.iter().map(|s| s.id).collect();
+    let facts: HashMap<Uuid, super::bulk::Renewed> = super::bulk::renewed(conn, &ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.subscription_id, r))
+        .collect();
+    let mails = batch
+        .iter()
+        .filter_map(|sub| {
+            let r = facts.get(&sub.id)?;
+            let billed = Billed {
+                sub,
+                service: &r.service_name,
+                plan: &r.plan_name,
+                amount: r.total,
+                balance: r.balance,
+            };
+            let to = Recipient {
+                user_id: Some(sub.user_id),
+                email: r.email.clone(),
+                name: r.user_name.clone(),
+            };
+            Some(notify::renewal_paid_mail(
+                state,
+                &billed,
+                to,
+                r.invoice_id,
+                &r.number,
+            ))
+        })
+        .collect();
+    crate::email::outbox::queue_many(conn, state, mails).await?;
+    Ok(())
 }
 
 /// Retries, suspends and expires PAST_DUE and SUSPENDED subscriptions that are due.
@@ -267,7 +319,7 @@ async fn decide(
             if !grace_over && !retry_due {
                 return Ok(Step::NotDue);
             }
-            if settle(conn, sub, now).await? {
+            if settle(state, plans, conn, sub, now).await? {
                 return Ok(Step::Recovered);
             }
             let mut cycle = sub.cycle();
@@ -290,6 +342,19 @@ async fn decide(
             };
             let saved = model::save(conn, sub.id, &cycle).await?;
             events::changed(conn, &saved).await?;
+            let sale = plans.get(conn, sub.plan_id).await?;
+            let billed = Billed {
+                sub: &saved,
+                service: &sale.service.name,
+                plan: &sale.plan.name,
+                amount: owed(conn, state, sub).await?,
+                balance: billing::balance(conn, sub.user_id).await?,
+            };
+            if step == Step::Suspended {
+                notify::suspended(conn, state, &billed).await?;
+            } else {
+                notify::payment_failed(conn, state, &billed).await?;
+            }
             Ok(step)
         }
         SubscriptionStatus::Suspended if !sub.suspended_by_admin => {
@@ -299,13 +364,49 @@ async fn decide(
             if expire_at.is_none_or(|e| e > now) {
                 return Ok(Step::NotDue);
             }
-            if settle(conn, sub, now).await? {
+            if settle(state, plans, conn, sub, now).await? {
                 return Ok(Step::Recovered);
             }
-            end(conn, sub, SubscriptionStatus::Expired, now).await?;
+            // What it owed, read before expiry voids the invoice.
+            let amount = owed(conn, state, sub).await?;
+            let saved = end(conn, sub, SubscriptionStatus::Expired, now).await?;
+            let sale = plans.get(conn, sub.plan_id).await?;
+            let billed = Billed {
+                sub: &saved,
+                service: &sale.service.name,
+                plan: &sale.plan.name,
+                amount,
+                balance: billing::balance(conn, sub.user_id).await?,
+            };
+            notify::expired(conn, state, &billed).await?;
             Ok(Step::Expired)
         }
         _ => Ok(Step::NotDue),
+    }
+}
+
+/// What a subscription in debt owes: its open invoice's total (else a period at its price).
+pub(super) async fn owed(conn: &mut Conn, state: &AppState, sub: &Subscription) -> AppResult<i64> {
+    Ok(match billing::open_invoice(conn, sub.id).await? {
+        Some(invoice) => invoice.total,
+        None => sub.price + billing::tax_of(&state.settings.billing, sub.price),
+    })
+}
+
+/// The price a renewal charges: the plan's of the day, unless the plan has since been
+/// repriced in another currency than the subscription's (and its wallet's): then the
+/// price it was sold at.
+pub(super) fn renewal_price(sale: &ForSale, sub: &Subscription) -> i64 {
+    if sale.plan.currency == sub.currency {
+        sale.plan.monthly_price
+    } else {
+        tracing::warn!(
+            subscription_id = %sub.id,
+            plan_currency = %sale.plan.currency,
+            currency = %sub.currency,
+            "plan repriced in another currency: renewing at the subscription's own price"
+        );
+        sub.price
     }
 }
 
@@ -330,19 +431,7 @@ async fn renew(
     let sale = plans.get(conn, sub.plan_id).await?;
     let start = sub.current_period_end;
     let end_at = month_after(start);
-    // The plan's price of the day, unless the plan has since been repriced in another
-    // currency than the subscription's (and its wallet's): then the price it was sold at.
-    let price = if sale.plan.currency == sub.currency {
-        sale.plan.monthly_price
-    } else {
-        tracing::warn!(
-            subscription_id = %sub.id,
-            plan_currency = %sale.plan.currency,
-            currency = %sub.currency,
-            "plan repriced in another currency: renewing at the subscription's own price"
-        );
-        sub.price
-    };
+    let price = renewal_price(&sale, sub);
     let purpose = period_purpose(start);
     let description = format!(
         "Renewal of \"{}\": {} {}",
@@ -361,24 +450,41 @@ async fn renew(
     };
     let mut cycle = sub.cycle();
     cycle.updated_at = now;
-    let step = match billing::charge(conn, billing_settings, &charge).await {
-        Ok(Ok(_)) => {
+    let (step, paid, balance) = match billing::charge(conn, billing_settings, &charge).await {
+        Ok(Ok(paid)) => {
             cycle.price = price;
             cycle.current_period_start = start;
             cycle.current_period_end = end_at;
             cycle.failed_charges = 0;
-            Step::Renewed
+            let balance = match &paid.transaction {
+                Some(t) => t.balance_after,
+                None => billing::balance(conn, sub.user_id).await?,
+            };
+            (Step::Renewed, Some(paid), balance)
         }
-        Ok(Err(_short)) => {
+        Ok(Err(short)) => {
             billing::issue_open(conn, billing_settings, &charge).await?;
             cycle.price = price;
             past_due(&mut cycle, billing_settings, now);
-            Step::PastDue
+            (Step::PastDue, None, short.balance)
         }
         Err(e) => return Err(e),
     };
     let saved = model::save(conn, sub.id, &cycle).await?;
     events::changed(conn, &saved).await?;
+    let billed = Billed {
+        sub: &saved,
+        service: &sale.service.name,
+        plan: &sale.plan.name,
+        amount: billing::total_of(billing_settings, &charge.lines),
+        balance,
+    };
+    match paid {
+        Some(paid) => {
+            notify::renewal_paid(conn, state, &billed, paid.invoice_id, &paid.number).await?
+        }
+        None => notify::payment_failed(conn, state, &billed).await?,
+    };
     Ok(step)
 }
 
@@ -399,7 +505,13 @@ fn past_due(
 /// Pays a PAST_DUE or SUSPENDED subscription's open invoice if the wallet covers it, and
 /// makes it ACTIVE: a PAST_DUE one continues its periods (it kept running), a SUSPENDED
 /// one starts a fresh period now. Returns whether it was settled.
-async fn settle(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> AppResult<bool> {
+async fn settle(
+    state: &AppState,
+    plans: &Plans,
+    conn: &mut Conn,
+    sub: &Subscription,
+    now: DateTime<Utc>,
+) -> AppResult<bool> {
     let Some(invoice) = billing::open_invoice(conn, sub.id).await? else {
         return Ok(false);
     };
@@ -417,9 +529,9 @@ async fn settle(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> AppR
         now,
     )
     .await?;
-    if paid.is_err() {
+    let Ok(paid) = paid else {
         return Ok(false);
-    }
+    };
     let mut cycle = sub.cycle();
     cycle.status = SubscriptionStatus::Active;
     cycle.current_period_start = period.0;
@@ -434,6 +546,19 @@ async fn settle(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> AppR
     }
     let saved = model::save(conn, sub.id, &cycle).await?;
     events::changed(conn, &saved).await?;
+    let sale = plans.get(conn, sub.plan_id).await?;
+    let balance = match paid {
+        Some(t) => t.balance_after,
+        None => billing::balance(conn, sub.user_id).await?,
+    };
+    let billed = Billed {
+        sub: &saved,
+        service: &sale.service.name,
+        plan: &sale.plan.name,
+        amount: invoice.total,
+        balance,
+    };
+    notify::renewal_paid(conn, state, &billed, invoice.id, &invoice.number).await?;
     Ok(true)
 }
 
@@ -441,6 +566,7 @@ async fn settle(conn: &mut Conn, sub: &Subscription, now: DateTime<Utc>) -> AppR
 pub async fn settle_user(state: &AppState, user_id: Uuid) -> anyhow::Result<usize> {
     let mut conn = state.pool.get().await?;
     let ids = model::in_debt(&mut conn, user_id).await?;
+    let plans = Plans::default();
     let mut settled = 0;
     for id in ids {
         let now = state.clock.now();
@@ -454,7 +580,7 @@ pub async fn settle_user(state: &AppState, user_id: Uuid) -> anyhow::Result<usiz
                 if !in_debt {
                     return Ok(false);
                 }
-                settle(conn, &sub, now).await
+                settle(state, &plans, conn, &sub, now).await
             })
             .await
             .map_err(|e| anyhow::anyhow!("settling subscription {id}: {e:?}"))?;

@@ -6,4 +6,5 @@ pub mod cycle;
 pub mod events;
 pub mod graphql;
 pub mod model;
+pub mod reminders;
 pub mod service;

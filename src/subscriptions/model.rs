@@ -307,6 +307,63 @@ pub async fn dunning_due(
         .await
 }
 
+/// ACTIVE subscriptions that renew at the end of a period ending in `(from, to]`, a page
+/// in (period end, id) order after `after` (from `service_subscriptions_due_idx`).
+pub async fn renewing_between(
+    conn: &mut Conn,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> QueryResult<Vec<Subscription>> {
+    let mut query = subs::table
+        .filter(subs::status.eq(SubscriptionStatus::Active))
+        .filter(subs::auto_renew.eq(true))
+        .filter(subs::cancel_at_period_end.eq(false))
+        .filter(subs::current_period_end.gt(from))
+        .filter(subs::current_period_end.le(to))
+        .into_boxed();
+    if let Some((end, id)) = after {
+        query = query.filter(
+            subs::current_period_end
+                .gt(end)
+                .or(subs::current_period_end.eq(end).and(subs::id.gt(id))),
+        );
+    }
+    query
+        .order((subs::current_period_end, subs::id))
+        .limit(limit)
+        .select(Subscription::as_select())
+        .load(conn)
+        .await
+}
+
+/// SUSPENDED subscriptions (for non-payment, not by an administrator) suspended in
+/// `(from, to]`, a page in id order after `after`.
+pub async fn suspended_between(
+    conn: &mut Conn,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> QueryResult<Vec<Subscription>> {
+    let mut query = subs::table
+        .filter(subs::status.eq(SubscriptionStatus::Suspended))
+        .filter(subs::suspended_by_admin.eq(false))
+        .filter(subs::suspended_at.gt(from))
+        .filter(subs::suspended_at.le(to))
+        .into_boxed();
+    if let Some(id) = after {
+        query = query.filter(subs::id.gt(id));
+    }
+    query
+        .order(subs::id)
+        .limit(limit)
+        .select(Subscription::as_select())
+        .load(conn)
+        .await
+}
+
 /// PAST_DUE or SUSPENDED subscriptions of one user, oldest debt first.
 pub async fn in_debt(conn: &mut Conn, user_id: Uuid) -> QueryResult<Vec<Uuid>> {
     subs::table

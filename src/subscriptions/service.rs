@@ -18,6 +18,7 @@ use crate::billing::model::TransactionType;
 use crate::billing::service::{self as billing, Charge, Credit};
 use crate::catalog::service::{self as catalog, ForSale};
 use crate::db::Conn;
+use crate::email::notify;
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Claim};
 use crate::instances::model::{DesiredState, ServiceInstance};
@@ -247,7 +248,7 @@ pub async fn subscribe(
                 sale.service.name, sale.plan.name
             );
             let purpose = period_purpose(start);
-            billing::charge(
+            let paid = billing::charge(
                 conn,
                 &state.settings.billing,
                 &Charge {
@@ -265,6 +266,14 @@ pub async fn subscribe(
             .await?
             .map_err(|short| short.error(&sale.plan.currency))?;
             queue_provisioning(conn, instance.id).await?;
+            let billed = notify::Billed {
+                sub: &subscription,
+                service: &sale.service.name,
+                plan: &sale.plan.name,
+                amount: paid.total,
+                balance: wallet.balance - paid.total,
+            };
+            notify::subscription_activated(conn, state, &billed, &instance, &paid.number).await?;
             events::changed(conn, &subscription).await?;
             if let Some(key) = &key {
                 let ids = SubscribedIds {

@@ -88,6 +88,7 @@ pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings
         ("PODIUM_BILLING_RENEWAL_CRON".into(), NEVER.into()),
         ("PODIUM_BILLING_DUNNING_CRON".into(), NEVER.into()),
         ("PODIUM_TOP_UP_RECONCILE_CRON".into(), NEVER.into()),
+        ("PODIUM_MAIL_REMINDER_CRON".into(), NEVER.into()),
         // Each test app runs its own embedded Kubernetes cluster, whose containers start
         // quickly; the resync runs when a test asks for it.
         ("PODIUM_KUBE_MODE".into(), "embedded".into()),

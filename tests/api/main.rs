@@ -18,6 +18,7 @@ mod limits;
 mod mail;
 mod mail_helpers;
 mod nodes;
+mod notifications;
 mod outbox;
 mod over_http;
 mod rest;

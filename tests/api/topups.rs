@@ -19,14 +19,23 @@ fn stripe_url() -> String {
 /// A server talking to localstripe with its own webhook secret; with `webhook`, localstripe
 /// delivers its events to this server.
 async fn stripe_app(webhook: bool) -> (TestApp, String) {
+    stripe_app_with(webhook, &[]).await
+}
+
+/// [`stripe_app`] with more settings.
+pub(crate) async fn stripe_app_with(
+    webhook: bool,
+    overrides: &[(&str, &str)],
+) -> (TestApp, String) {
     let secret = format!("whsec_{}", Uuid::new_v4().simple());
     let base = stripe_url();
-    let app = spawn_app_with(&[
+    let mut vars = vec![
         ("STRIPE_SECRET_KEY", KEY),
-        ("STRIPE_WEBHOOK_SECRET", &secret),
-        ("STRIPE_API_BASE", &base),
-    ])
-    .await;
+        ("STRIPE_WEBHOOK_SECRET", secret.as_str()),
+        ("STRIPE_API_BASE", base.as_str()),
+    ];
+    vars.extend_from_slice(overrides);
+    let app = spawn_app_with(&vars).await;
     if webhook {
         let url = format!("{}/webhooks/stripe", app.address);
         let resp = app
@@ -63,7 +72,7 @@ async fn stripe_call(
 }
 
 /// Pays a PaymentIntent as the customer's browser would: attach the card, confirm.
-async fn pay(app: &TestApp, intent: &str, card: &str) -> (u16, Value) {
+pub(crate) async fn pay(app: &TestApp, intent: &str, card: &str) -> (u16, Value) {
     let (status, _) = stripe_call(
         app,
         reqwest::Method::POST,
@@ -83,7 +92,12 @@ async fn pay(app: &TestApp, intent: &str, card: &str) -> (u16, Value) {
 
 const CREATE: &str = "mutation($a: String!, $k: String) { createTopUp(amount: $a, idempotencyKey: $k) { clientSecret topUp { id status paymentIntentId amount { amount currency } } } }";
 
-async fn create_top_up(app: &TestApp, token: &str, amount: &str, key: Option<&str>) -> Gql {
+pub(crate) async fn create_top_up(
+    app: &TestApp,
+    token: &str,
+    amount: &str,
+    key: Option<&str>,
+) -> Gql {
     app.gql(Some(token), CREATE, json!({ "a": amount, "k": key }))
         .await
 }
