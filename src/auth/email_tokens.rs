@@ -66,6 +66,24 @@ pub async fn consume(
     .optional()
 }
 
+/// Whether the token would be accepted now (a cheap check before expensive work).
+pub async fn is_live(
+    conn: &mut Conn,
+    hash: &[u8],
+    purpose: Purpose,
+    now: DateTime<Utc>,
+) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        email_tokens::table
+            .filter(email_tokens::token_hash.eq(hash))
+            .filter(email_tokens::purpose.eq(purpose))
+            .filter(email_tokens::used_at.is_null())
+            .filter(email_tokens::expires_at.gt(now)),
+    ))
+    .get_result(conn)
+    .await
+}
+
 /// Every other unused token of the user for `purpose` stops working (one was just used).
 pub async fn retire(
     conn: &mut Conn,

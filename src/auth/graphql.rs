@@ -162,7 +162,8 @@ impl AuthMutation {
         token: String,
         new_password: String,
     ) -> Result<bool> {
-        recovery::reset_password(ctx.state(), &token, PasswordInput { new_password }).await?;
+        let new_password = PasswordInput { new_password };
+        recovery::reset_password(ctx.state(), &token, new_password, ctx.client()).await?;
         Ok(true)
     }
 

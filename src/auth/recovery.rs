@@ -1,8 +1,12 @@
 //! Proving an address and recovering an account by mail: verification links (24 h) and
 //! password resets (1 h). Tokens are single use and stored hashed; a token is bound to the
-//! address it was sent to. Requests that send mail answer alike whether or not an account
-//! exists (no enumeration), are limited per client address, and each address gets at most
-//! a few such messages an hour.
+//! address it was sent to.
+//!
+//! Requests that send mail to an address given by a stranger (`requestPasswordReset`,
+//! `resendVerificationEmail` signed out) only enqueue an `account.mail_request` job and
+//! answer: the answer and its timing are the same whether or not the address has an
+//! account. They are limited per client address, and each address gets at most a few
+//! account messages an hour, counted under a lock so that parallel requests can't exceed it.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel_async::AsyncConnection;
@@ -12,26 +16,26 @@ use validator::Validate;
 use super::email_tokens::{self, Purpose};
 use super::{Identity, model as sessions, new_opaque_token, password, token_hash};
 use crate::db::Conn;
-use crate::email::{self, EmailTemplate, Mail};
+use crate::email::{self, EmailTemplate, Mail, Recipient};
 use crate::error::{AppError, AppResult};
 use crate::ratelimit::address_key;
 use crate::state::{AppState, ClientInfo};
 use crate::users::model::{self as users, User, UserChanges};
 use crate::users::service::PasswordInput;
 
-const VERIFY_PREFIX: &str = "pdv_";
-const RESET_PREFIX: &str = "pdp_";
-/// Messages of one kind one address receives per hour, at most.
-const PER_ADDRESS_PER_HOUR: i64 = 3;
+/// Looks up the account behind a stranger's request and mails it (payload
+/// `{"purpose": "RESET_PASSWORD" | "VERIFY_EMAIL", "email": ...}`).
+pub const MAIL_REQUEST_JOB: &str = "account.mail_request";
+/// Account messages (links, registration notices) one address receives per hour, at most.
+pub const PER_ADDRESS_PER_HOUR: i64 = 5;
 /// No account has a longer address (registration enforces it).
 const MAX_EMAIL_LEN: usize = 254;
 
 impl Purpose {
     fn ttl(self) -> Duration {
-        match self {
-            Purpose::VerifyEmail => Duration::hours(24),
-            Purpose::ResetPassword => Duration::hours(1),
-        }
+        self.template()
+            .link_ttl()
+            .expect("link messages have a TTL")
     }
 
     fn template(self) -> EmailTemplate {
@@ -43,8 +47,8 @@ impl Purpose {
 
     fn prefix(self) -> &'static str {
         match self {
-            Purpose::VerifyEmail => VERIFY_PREFIX,
-            Purpose::ResetPassword => RESET_PREFIX,
+            Purpose::VerifyEmail => "pdv_",
+            Purpose::ResetPassword => "pdp_",
         }
     }
 }
@@ -54,6 +58,15 @@ fn refused() -> AppError {
         "token",
         "is invalid, was already used, or has expired: ask for a new link",
     )
+}
+
+/// Who mail about an address that may not be proven yet goes to: greeted without the
+/// account's name, which whoever registered the address chose.
+pub fn unproven(user: &User) -> Recipient {
+    Recipient {
+        name: "there".into(),
+        ..Recipient::from(user)
+    }
 }
 
 /// Queues a message carrying a fresh one-time token for `purpose`, inside the caller's
@@ -78,21 +91,16 @@ pub async fn queue_token_mail(
     email::queue(
         conn,
         state,
-        Mail::new(purpose.template(), user, json!({})).with_token(token),
+        Mail::new(purpose.template(), unproven(user), json!({})).with_token(token),
     )
     .await?;
     Ok(())
 }
 
-/// Whether `email` may get another message of `template` this hour.
-async fn under_address_cap(
-    conn: &mut Conn,
-    state: &AppState,
-    email: &str,
-    template: EmailTemplate,
-) -> AppResult<bool> {
-    let since = state.clock.now() - Duration::hours(1);
-    Ok(email::model::recent_to(conn, email, template, since).await? < PER_ADDRESS_PER_HOUR)
+/// Whether `email` may get another account message this hour; call it in the transaction
+/// that queues the message (it locks the address until then).
+pub async fn under_address_cap(conn: &mut Conn, email: &str) -> AppResult<bool> {
+    Ok(email::model::account_mail_last_hour(conn, email).await? < PER_ADDRESS_PER_HOUR)
 }
 
 fn throttle(state: &AppState, client: &ClientInfo) -> AppResult<()> {
@@ -103,7 +111,8 @@ fn throttle(state: &AppState, client: &ClientInfo) -> AppResult<()> {
         .map_err(AppError::rate_limited)
 }
 
-/// Uses a token of `purpose`: its (locked) user, who still has the address it was sent to.
+/// Uses a token of `purpose`: its (locked) user, active and still at the address the token
+/// was sent to.
 async fn redeem(
     conn: &mut Conn,
     token: &str,
@@ -113,9 +122,14 @@ async fn redeem(
     let (user_id, sent_to) = email_tokens::consume(conn, &token_hash(token.trim()), purpose, now)
         .await?
         .ok_or_else(refused)?;
-    let user = users::find(conn, user_id).await?.ok_or_else(refused)?;
+    let user = users::find_for_update(conn, user_id)
+        .await?
+        .ok_or_else(refused)?;
     if user.email != sent_to {
         return Err(refused());
+    }
+    if !user.is_active {
+        return Err(AppError::Forbidden("this account is deactivated".into()));
     }
     email_tokens::retire(conn, user.id, purpose, now).await?;
     Ok(user)
@@ -149,9 +163,58 @@ pub async fn verify_email(state: &AppState, token: &str) -> AppResult<()> {
     Ok(())
 }
 
+/// Enqueues the lookup of a stranger's request for mail to `email`: one insert, whatever
+/// the address.
+async fn enqueue_request(state: &AppState, purpose: Purpose, email: &str) -> AppResult<()> {
+    let email = email.trim().to_lowercase();
+    if email.len() > MAX_EMAIL_LEN {
+        return Ok(());
+    }
+    let mut conn = state.pool.get().await?;
+    crate::jobs::model::enqueue(
+        &mut conn,
+        MAIL_REQUEST_JOB,
+        json!({ "purpose": purpose.as_str(), "email": email }),
+        Utc::now(),
+        None,
+    )
+    .await?;
+    state.jobs_wakeup.notify_waiters();
+    Ok(())
+}
+
+/// The `account.mail_request` job: mails a reset link to an active account, or a new
+/// verification link to an unverified one, within the address's hourly share.
+pub async fn run_mail_request(state: &AppState, payload: &serde_json::Value) -> AppResult<()> {
+    let purpose: Purpose = payload["purpose"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: String| AppError::Internal(anyhow::anyhow!(e)))?;
+    let email = payload["email"].as_str().unwrap_or_default();
+    let mut conn = state.pool.get().await?;
+    let wanted = |u: &User| {
+        u.is_active && (purpose == Purpose::ResetPassword || u.email_verified_at.is_none())
+    };
+    let Some(user) = users::find_by_email(&mut conn, email).await?.filter(wanted) else {
+        return Ok(());
+    };
+    conn.transaction(async |conn| {
+        if under_address_cap(conn, &user.email).await? {
+            queue_token_mail(conn, state, &user, purpose).await?;
+        } else {
+            tracing::info!(user_id = %user.id, purpose = purpose.as_str(), "account mail not sent: hourly cap for this address");
+        }
+        Ok::<_, AppError>(())
+    })
+    .await?;
+    state.jobs_wakeup.notify_waiters();
+    Ok(())
+}
+
 /// `resendVerificationEmail`: a new link to the signed-in user's address, or, signed out
 /// (when sign-in waits for verification), to `email`'s account. Answers alike whether
-/// the account exists, is verified already, or got its hourly share of links.
+/// the account exists, is verified already, or got its hourly share of mail.
 pub async fn resend_verification(
     state: &AppState,
     identity: &Identity,
@@ -159,24 +222,20 @@ pub async fn resend_verification(
     client: &ClientInfo,
 ) -> AppResult<()> {
     throttle(state, client)?;
-    let mut conn = state.pool.get().await?;
-    let user = match identity.actor() {
-        Ok(actor) => users::find(&mut conn, actor.user_id).await?,
-        Err(_) => {
-            let email = email
-                .map(|e| e.trim().to_lowercase())
-                .ok_or_else(|| AppError::field("email", "is required when not signed in"))?;
-            if email.len() > MAX_EMAIL_LEN {
-                return Ok(());
-            }
-            users::find_by_email(&mut conn, &email).await?
-        }
+    let Ok(actor) = identity.actor() else {
+        let email =
+            email.ok_or_else(|| AppError::field("email", "is required when not signed in"))?;
+        return enqueue_request(state, Purpose::VerifyEmail, email).await;
     };
-    let Some(user) = user.filter(|u| u.is_active && u.email_verified_at.is_none()) else {
+    let mut conn = state.pool.get().await?;
+    let Some(user) = users::find(&mut conn, actor.user_id)
+        .await?
+        .filter(|u| u.is_active && u.email_verified_at.is_none())
+    else {
         return Ok(());
     };
     conn.transaction(async |conn| {
-        if under_address_cap(conn, state, &user.email, EmailTemplate::VerifyEmail).await? {
+        if under_address_cap(conn, &user.email).await? {
             queue_token_mail(conn, state, &user, Purpose::VerifyEmail).await?;
         }
         Ok::<_, AppError>(())
@@ -194,29 +253,7 @@ pub async fn request_password_reset(
     client: &ClientInfo,
 ) -> AppResult<()> {
     throttle(state, client)?;
-    let email = email.trim().to_lowercase();
-    if email.len() > MAX_EMAIL_LEN {
-        return Ok(());
-    }
-    let mut conn = state.pool.get().await?;
-    let Some(user) = users::find_by_email(&mut conn, &email)
-        .await?
-        .filter(|u| u.is_active)
-    else {
-        tracing::info!(ip = %client.ip, "password reset asked for an address without an account");
-        return Ok(());
-    };
-    conn.transaction(async |conn| {
-        if under_address_cap(conn, state, &user.email, EmailTemplate::PasswordReset).await? {
-            queue_token_mail(conn, state, &user, Purpose::ResetPassword).await?;
-        } else {
-            tracing::info!(user_id = %user.id, "password reset not sent: hourly cap for this address");
-        }
-        Ok::<_, AppError>(())
-    })
-    .await?;
-    state.jobs_wakeup.notify_waiters();
-    Ok(())
+    enqueue_request(state, Purpose::ResetPassword, email).await
 }
 
 /// `resetPassword`: a new password for the token's account; every session is signed out,
@@ -226,23 +263,31 @@ pub async fn reset_password(
     state: &AppState,
     token: &str,
     new_password: PasswordInput,
+    client: &ClientInfo,
 ) -> AppResult<()> {
+    // Hashing costs memory and CPU: limited like sign-in, and only for a live token.
+    state
+        .limits
+        .login_attempts_per_ip
+        .hit(&address_key(client.ip))
+        .map_err(AppError::rate_limited)?;
     // Bad input changes nothing: the token stays usable.
     new_password.validate()?;
-    let hash = password::hash(&new_password.new_password).await?;
     let now = state.clock.now();
+    let hash = token_hash(token.trim());
     let mut conn = state.pool.get().await?;
+    if !email_tokens::is_live(&mut conn, &hash, Purpose::ResetPassword, now).await? {
+        return Err(refused());
+    }
+    let password_hash = password::hash(&new_password.new_password).await?;
     let user = conn
         .transaction(async |conn| {
             let user = redeem(conn, token, Purpose::ResetPassword, now).await?;
-            if !user.is_active {
-                return Err(AppError::Forbidden("this account is deactivated".into()));
-            }
             users::update(
                 conn,
                 user.id,
                 &UserChanges {
-                    password_hash: Some(hash),
+                    password_hash: Some(password_hash),
                     updated_at: Some(Utc::now()),
                     ..Default::default()
                 },
@@ -262,5 +307,15 @@ pub async fn reset_password(
     state.identity_cache.forget(&[user.id]);
     state.jobs_wakeup.notify_waiters();
     tracing::info!(user_id = %user.id, "password reset: every session signed out");
+    Ok(())
+}
+
+/// A password changed by other means: outstanding reset links stop working.
+pub async fn retire_reset_links(
+    conn: &mut Conn,
+    user_id: uuid::Uuid,
+    now: DateTime<Utc>,
+) -> AppResult<()> {
+    email_tokens::retire(conn, user_id, Purpose::ResetPassword, now).await?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use validator::Validate;
 use serde_json::json;
 
 use super::email_tokens::Purpose;
-use super::recovery::queue_token_mail;
+use super::recovery::{queue_token_mail, retire_reset_links, under_address_cap, unproven};
 use super::{Identity, model, new_opaque_token, password, token_hash};
 use crate::db::Conn;
 use crate::email::{self, EmailTemplate, Mail};
@@ -69,11 +69,11 @@ pub async fn register(
                 }
                 None => {
                     let owner = users::find_by_email(conn, &input.email).await?;
-                    let since = state.clock.now() - chrono::Duration::hours(1);
-                    if let Some(owner) = owner
-                        && email::model::recent_to(conn, &owner.email, EmailTemplate::RegistrationAttempt, since).await? < 3
+                    if let Some(owner) = owner.filter(|o| o.is_active)
+                        && under_address_cap(conn, &owner.email).await?
                     {
-                        email::queue(conn, state, Mail::new(EmailTemplate::RegistrationAttempt, &owner, json!({}))).await?;
+                        let notice = Mail::new(EmailTemplate::RegistrationAttempt, &owner, json!({}));
+                        email::queue(conn, state, notice).await?;
                     }
                     tracing::info!(ip = %client.ip, "registration with an address that has an account");
                 }
@@ -90,12 +90,8 @@ pub async fn register(
                 .await
                 .map_err(conflict_if_duplicate(EMAIL_TAKEN))?;
             queue_token_mail(conn, state, &user, Purpose::VerifyEmail).await?;
-            email::queue(
-                conn,
-                state,
-                Mail::new(EmailTemplate::Welcome, &user, json!({})),
-            )
-            .await?;
+            let welcome = Mail::new(EmailTemplate::Welcome, unproven(&user), json!({}));
+            email::queue(conn, state, welcome).await?;
             let (session_id, refresh) = start_session(conn, state, user.id, client).await?;
             Ok::<_, AppError>((user, session_id, refresh))
         })
@@ -341,6 +337,7 @@ pub async fn change_password(
         .await?;
         model::revoke_user_sessions(conn, &[user.id], Some(actor.session_id), "password changed")
             .await?;
+        retire_reset_links(conn, user.id, state.clock.now()).await?;
         email::queue(
             conn,
             state,

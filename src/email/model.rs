@@ -139,6 +139,32 @@ pub async fn record_failure(
         .map(drop)
 }
 
+/// A QUEUED message is given up: FAILED with `why` (nothing else changes: a message already
+/// SENT or FAILED stays as it is).
+pub async fn abandon(conn: &mut Conn, id: Uuid, why: &str) -> QueryResult<()> {
+    diesel::update(email_outbox::table.find(id))
+        .filter(email_outbox::status.eq(EmailStatus::Queued))
+        .set((
+            email_outbox::status.eq(EmailStatus::Failed),
+            email_outbox::last_error.eq(why),
+        ))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Sealed one-time links older than `before` (dead by now) are erased from unsent messages.
+pub async fn erase_dead_links(conn: &mut Conn, before: DateTime<Utc>) -> QueryResult<usize> {
+    diesel::update(
+        email_outbox::table
+            .filter(email_outbox::secret.is_not_null())
+            .filter(email_outbox::created_at.lt(before)),
+    )
+    .set(email_outbox::secret.eq(None::<Vec<u8>>))
+    .execute(conn)
+    .await
+}
+
 /// A FAILED message back to QUEUED; `None` unless it was FAILED.
 pub async fn requeue_failed(conn: &mut Conn, id: Uuid) -> QueryResult<Option<Email>> {
     diesel::update(email_outbox::table.find(id))
@@ -188,19 +214,26 @@ pub async fn prune_sent(conn: &mut Conn, before: DateTime<Utc>) -> QueryResult<u
     .await
 }
 
-/// Messages of this kind to `recipient` queued since `since`: the per-address cap on
-/// account mail, the same on every replica.
-pub async fn recent_to(
-    conn: &mut Conn,
-    recipient: &str,
-    template: EmailTemplate,
-    since: DateTime<Utc>,
-) -> QueryResult<i64> {
-    email_outbox::table
-        .filter(email_outbox::recipient.eq(recipient))
-        .filter(email_outbox::template.eq(template))
-        .filter(email_outbox::created_at.ge(since))
-        .select(diesel::dsl::count_star())
-        .first(conn)
-        .await
+/// Account mail (verification links, reset links, registration notices) that `recipient`
+/// got in the last hour. Takes a transaction-scoped lock on the address first, so that
+/// parallel requests count one after the other: call it inside the transaction that queues.
+pub async fn account_mail_last_hour(conn: &mut Conn, recipient: &str) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Counted {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended('podium mail ' || $1, 0))")
+        .bind::<Text, _>(recipient)
+        .execute(conn)
+        .await?;
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM email_outbox
+         WHERE recipient = $1 AND created_at > now() - interval '1 hour'
+           AND template IN ('VERIFY_EMAIL', 'PASSWORD_RESET', 'REGISTRATION_ATTEMPT')",
+    )
+    .bind::<Text, _>(recipient)
+    .get_result::<Counted>(conn)
+    .await
+    .map(|c| c.n)
 }

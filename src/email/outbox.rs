@@ -14,7 +14,7 @@ use super::templates::{self, Category, Common, EmailTemplate};
 use super::transport::SendError;
 use super::{SEND_JOB, preferences};
 use crate::db::Conn;
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::state::AppState;
 use crate::users::model::User;
 
@@ -178,14 +178,17 @@ impl Prepared {
         params["name"] = json!(mail.to.name);
         // The subject holds no secret: rendered with a placeholder link.
         let placeholder = link(state, mail.template, mail.token.as_ref().map(|_| "…"));
+        // A template fault must never undo the business step the message is about: the
+        // message is queued anyway and fails at send time, where administrators see it.
         let subject = templates::subject(
             mail.template,
             &common(state, &mail.to, placeholder),
             &params,
         )
-        .map_err(|e| {
-            AppError::internal(anyhow::anyhow!("email template {:?}: {e:#}", mail.template))
-        })?;
+        .unwrap_or_else(|e| {
+            tracing::error!(template = mail.template.as_str(), error = %e, "email subject template failed");
+            format!("{} ({})", state.settings.platform_name, mail.template.as_str())
+        });
         let secret = mail.token.take().map(|token| {
             state
                 .sealer
@@ -243,6 +246,19 @@ pub async fn deliver(state: &AppState, id: Uuid, last_try: bool) -> anyhow::Resu
     if email.status != EmailStatus::Queued {
         return Ok(());
     }
+    if let Some(ttl) = email.template.link_ttl()
+        && email.secret.is_some()
+        && email.created_at + ttl <= Utc::now()
+    {
+        model::abandon(
+            &mut conn,
+            id,
+            "its one-time link expired before it could be sent; the user can ask for a new one",
+        )
+        .await?;
+        tracing::warn!(email_id = %id, "mail not sent: its link expired while it waited");
+        return Ok(());
+    }
     // No connection is held while talking to the mail server.
     drop(conn);
     let outcome = match build(state, &email) {
@@ -265,6 +281,21 @@ pub async fn deliver(state: &AppState, id: Uuid, last_try: bool) -> anyhow::Resu
             model::record_failure(&mut conn, id, &error, last_try).await?;
             anyhow::bail!("mail not sent: {error}")
         }
+    }
+}
+
+/// An `email.send` job that ended without recording its outcome (its last try was lost to a
+/// killed worker, a panic, a database outage): its message becomes FAILED, so that it shows
+/// among the failures and `retryEmail` can send it.
+pub async fn job_gave_up(conn: &mut Conn, payload: &serde_json::Value, why: &str) {
+    let Some(id) = payload["emailId"]
+        .as_str()
+        .and_then(|s| s.parse::<Uuid>().ok())
+    else {
+        return;
+    };
+    if let Err(e) = model::abandon(conn, id, why).await {
+        tracing::warn!(email_id = %id, error = %e, "marking an abandoned message FAILED");
     }
 }
 

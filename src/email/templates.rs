@@ -111,6 +111,16 @@ impl EmailTemplate {
         }
     }
 
+    /// How long the one-time link of a message lives: a message still unsent by then is
+    /// not sent at all (its link would be dead).
+    pub fn link_ttl(self) -> Option<chrono::Duration> {
+        match self {
+            EmailTemplate::VerifyEmail => Some(chrono::Duration::hours(24)),
+            EmailTemplate::PasswordReset => Some(chrono::Duration::hours(1)),
+            _ => None,
+        }
+    }
+
     /// A renewal reminder is essential when it warns of a low balance: see `Mail::category`.
     pub fn category(self) -> Category {
         match self {

@@ -19,7 +19,7 @@ pub enum Transport {
 pub enum SendError {
     /// Worth another try: the server is unreachable, busy, or answered 4xx.
     Transient(String),
-    /// Retrying would not help: the server refused the message (5xx).
+    /// Retrying would not help: the server refused this message or its recipient (550-553).
     Permanent(String),
 }
 
@@ -27,7 +27,8 @@ pub enum SendError {
 /// `None` when the scheme is not one of ours.
 pub fn smtp_url(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
-    if rest.is_empty() || rest.contains('?') {
+    // A query or a fragment could hide the `tls=required` we append (and with it STARTTLS).
+    if rest.is_empty() || rest.contains(['?', '#']) {
         return None;
     }
     match scheme {
@@ -63,10 +64,12 @@ impl Transport {
     pub async fn send(&self, message: &Message, name: &str) -> Result<(), SendError> {
         match self {
             Transport::Smtp(smtp) => smtp.send(message.clone()).await.map(drop).map_err(|e| {
-                if e.is_permanent() {
-                    SendError::Permanent(e.to_string())
-                } else {
-                    SendError::Transient(e.to_string())
+                // Only a refusal of this message or recipient is final: a 5xx at the greeting
+                // or at AUTH (a rotated password, maintenance) would otherwise fail every
+                // message at once, so those are retried like an outage.
+                match e.status().map(u16::from) {
+                    Some(550..=553) => SendError::Permanent(e.to_string()),
+                    _ => SendError::Transient(e.to_string()),
                 }
             }),
             Transport::Files(dir) => write_file(dir, name, &message.formatted())
@@ -92,12 +95,23 @@ async fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<Path
     }
     let path = dir.join(format!("{name}.eml"));
     let partial = dir.join(format!(".{name}.eml.tmp"));
-    tokio::fs::write(&partial, bytes)
-        .await
-        .with_context(|| format!("writing {}", partial.display()))?;
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut file = tokio::fs::File::create(&partial)
+            .await
+            .with_context(|| format!("creating {}", partial.display()))?;
+        file.write_all(bytes)
+            .await
+            .with_context(|| format!("writing {}", partial.display()))?;
+        // On disk before the message counts as sent.
+        file.sync_all().await?;
+    }
     tokio::fs::rename(&partial, &path)
         .await
         .with_context(|| format!("renaming to {}", path.display()))?;
+    if let Ok(dir) = tokio::fs::File::open(dir).await {
+        let _ = dir.sync_all().await;
+    }
     Ok(path)
 }
 
@@ -120,6 +134,11 @@ mod tests {
             Some("smtp://127.0.0.1:2525")
         );
         assert_eq!(smtp_url("http://mail.example.com"), None);
+        assert_eq!(
+            smtp_url("smtp+starttls://u:p#x@mail.example.com"),
+            None,
+            "a fragment would swallow tls=required"
+        );
         assert_eq!(smtp_url("smtp://"), None);
     }
 }

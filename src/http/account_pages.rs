@@ -260,7 +260,7 @@ pub async fn reset(state: web::Data<AppState>, req: HttpRequest, form: Form) -> 
     }
     let token = form.get("token").map(String::as_str).unwrap_or("");
     let new_password = form.get("password").cloned().unwrap_or_default();
-    match recovery::reset_password(&state, token, PasswordInput { new_password }).await {
+    match recovery::reset_password(&state, token, PasswordInput { new_password }, &client).await {
         Ok(()) => page(
             &state,
             StatusCode::OK,

@@ -233,6 +233,8 @@ pub struct Expired {
     pub status: JobStatus,
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
+    pub payload: serde_json::Value,
 }
 
 /// Jobs whose lease ran out (their worker died or hangs) go back to the queue, or fail for
@@ -249,7 +251,7 @@ pub async fn requeue_expired(conn: &mut Conn) -> QueryResult<Vec<Expired>> {
              lease_expires_at = NULL
          WHERE id IN (SELECT id FROM jobs WHERE status = 'RUNNING' AND lease_expires_at < now()
                       ORDER BY lease_expires_at LIMIT 100 FOR UPDATE SKIP LOCKED)
-         RETURNING id, kind, status, attempts",
+         RETURNING id, kind, status, attempts, payload",
     )
     .load(conn)
     .await

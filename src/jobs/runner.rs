@@ -48,6 +48,7 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
             let tokens =
                 crate::auth::email_tokens::prune(&mut conn, state.clock.now() - day).await?;
             let sent = crate::email::model::prune_sent(&mut conn, Utc::now() - day * 90).await?;
+            crate::email::model::erase_dead_links(&mut conn, Utc::now() - day).await?;
             tracing::info!(
                 tokens,
                 sent,
@@ -86,6 +87,11 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
         RECONCILE_JOB => {
             let id: uuid::Uuid = serde_json::from_value(job.payload["instanceId"].clone())?;
             crate::provisioner::reconcile::reconcile(state, id)
+                .await
+                .map_err(AppError::into_anyhow)
+        }
+        crate::auth::recovery::MAIL_REQUEST_JOB => {
+            crate::auth::recovery::run_mail_request(state, &job.payload)
                 .await
                 .map_err(AppError::into_anyhow)
         }
@@ -185,6 +191,14 @@ pub async fn run_one(state: &AppState, worker: &str) -> anyhow::Result<bool> {
     for job in model::requeue_expired(&mut conn).await? {
         tracing::warn!(id = %job.id, kind = %job.kind, attempt = job.attempts,
             now = job.status.as_str(), "job lease expired: its worker stopped renewing it");
+        if job.status == model::JobStatus::Failed && job.kind == crate::email::SEND_JOB {
+            crate::email::outbox::job_gave_up(
+                &mut conn,
+                &job.payload,
+                "its last try was lost: the worker stopped (killed or stuck)",
+            )
+            .await;
+        }
     }
     let Some(job) = model::claim(&mut conn, worker, state.settings.job_lease).await? else {
         return Ok(false);
@@ -206,7 +220,11 @@ pub async fn run_one(state: &AppState, worker: &str) -> anyhow::Result<bool> {
         Err(error) => {
             tracing::warn!(parent: &span, %error, "job failed");
             let retry_at = Utc::now() + backoff(job.attempts);
-            model::fail(&mut conn, &job, worker, &error, Some(retry_at)).await?
+            let recorded = model::fail(&mut conn, &job, worker, &error, Some(retry_at)).await?;
+            if recorded && job.attempts >= job.max_attempts && job.kind == crate::email::SEND_JOB {
+                crate::email::outbox::job_gave_up(&mut conn, &job.payload, &error).await;
+            }
+            recorded
         }
     };
     if !recorded {

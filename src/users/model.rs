@@ -141,6 +141,17 @@ pub async fn find(conn: &mut Conn, id: Uuid) -> QueryResult<Option<User>> {
         .optional()
 }
 
+/// The user, locked until the transaction ends.
+pub async fn find_for_update(conn: &mut Conn, id: Uuid) -> QueryResult<Option<User>> {
+    users::table
+        .find(id)
+        .select(User::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
 pub async fn find_many(conn: &mut Conn, ids: &[Uuid]) -> QueryResult<Vec<User>> {
     users::table
         .filter(users::id.eq_any(ids))

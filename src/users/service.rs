@@ -37,10 +37,22 @@ pub fn validate_password(password: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// Names are printed in mail and pages: no line breaks or other control characters.
+pub fn validate_name(name: &str) -> Result<(), ValidationError> {
+    if name.chars().any(char::is_control) {
+        return Err(ValidationError::new("name")
+            .with_message("must not contain line breaks or control characters".into()));
+    }
+    Ok(())
+}
+
 /// Name, email and password of a new account (self-registered or created by an administrator).
 #[derive(Debug, Clone, Validate)]
 pub struct AccountInput {
-    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    #[validate(
+        length(min = 1, max = 100, message = "must be 1 to 100 characters"),
+        custom(function = "validate_name")
+    )]
     pub name: String,
     #[validate(
         email(message = "must be a valid email address"),
@@ -69,7 +81,10 @@ pub struct PasswordInput {
 
 #[derive(Debug, Clone, Default, Validate)]
 pub struct UserUpdate {
-    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    #[validate(
+        length(min = 1, max = 100, message = "must be 1 to 100 characters"),
+        custom(function = "validate_name")
+    )]
     pub name: Option<String>,
     #[validate(
         email(message = "must be a valid email address"),

@@ -131,15 +131,38 @@ async fn a_password_reset_arrives_over_smtp_works_once_and_signs_every_session_o
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let found: Found = diesel::sql_query(
-        "SELECT count(*) AS n FROM email_tokens t, email_outbox o
-         WHERE position($1 in encode(t.token_hash, 'escape')) > 0 OR o.params::text LIKE '%' || $1 || '%'",
-    )
-    .bind::<diesel::sql_types::Text, _>(&token)
-    .get_result(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(found.n, 0, "the token is nowhere in the database");
+    let count = async |conn: &mut diesel_async::AsyncPgConnection, sql: &str| -> i64 {
+        diesel::sql_query(sql)
+            .bind::<diesel::sql_types::Text, _>(&token)
+            .get_result::<Found>(conn)
+            .await
+            .unwrap()
+            .n
+    };
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM email_tokens WHERE token_hash = sha256(convert_to($1, 'UTF8'))").await,
+        1,
+        "its SHA-256 is what is stored"
+    );
+    for (table, columns) in [
+        ("email_tokens", "email || purpose"),
+        (
+            "email_outbox",
+            "subject || params::text || coalesce(last_error, '') || coalesce(unique_key, '')",
+        ),
+        (
+            "jobs",
+            "payload::text || coalesce(unique_key, '') || coalesce(last_error, '')",
+        ),
+        ("audit_log", "metadata::text"),
+    ] {
+        let sql = format!("SELECT count(*) AS n FROM {table} WHERE position($1 in {columns}) > 0");
+        assert_eq!(
+            count(&mut conn, &sql).await,
+            0,
+            "the token is not in {table}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -168,8 +191,8 @@ async fn a_reset_for_an_unknown_address_sends_nothing_and_answers_the_same() {
     let for_known = app.gql(None, RESET, json!({ "e": known })).await;
     assert_eq!(for_unknown.0, for_known.0, "the same answer");
     assert_eq!(for_known.0["data"], json!({ "requestPasswordReset": true }));
-    // Queued after the unknown one's would have been: once it arrived, nothing else is coming.
     Mailbox::shared().wait_for(&known, "Reset your").await;
+    mail_requests_done(&app).await;
     assert!(outbox_to(&app, &unknown).await.is_empty());
     assert!(Mailbox::shared().to(&unknown).is_empty());
 }
@@ -183,12 +206,16 @@ async fn reset_requests_are_limited_per_address_and_per_client() {
     }
     let limited = app.gql(None, RESET, json!({ "e": email })).await;
     assert_eq!(limited.code(), "RATE_LIMITED", "{}", limited.0);
+    mail_requests_done(&app).await;
     let resets = outbox_to(&app, &email)
         .await
         .into_iter()
         .filter(|r| r.template == "PASSWORD_RESET")
         .count();
-    assert_eq!(resets, 3, "an address gets three links an hour at most");
+    assert_eq!(
+        resets, 4,
+        "an address gets five account messages an hour at most (its verification link was one)"
+    );
 }
 
 const REGISTER: &str = "mutation($n: String!, $e: String!, $p: String!) { register(input: {name: $n, email: $e, password: $p}) { accessToken refreshToken user { id } verificationRequired message } }";
@@ -238,10 +265,19 @@ async fn when_sign_in_waits_for_verification_register_answers_alike_and_tells_th
 
     // Signed out, a new link can be asked for by address (answered alike for any address).
     let resend = "mutation($e: String) { resendVerificationEmail(email: $e) }";
-    app.gql(None, resend, json!({ "e": email })).await.ok();
-    app.gql(None, resend, json!({ "e": "nobody@example.com" }))
-        .await
-        .ok();
+    let nobody = format!("nobody-{}@example.com", uuid::Uuid::new_v4().simple());
+    let known = app.gql(None, resend, json!({ "e": email })).await.ok();
+    let unknown = app.gql(None, resend, json!({ "e": nobody })).await.ok();
+    assert_eq!(known.0["data"], unknown.0["data"]);
+    mail_requests_done(&app).await;
+    assert!(outbox_to(&app, &nobody).await.is_empty());
+    assert!(
+        !outbox_to(&app, &email)
+            .await
+            .iter()
+            .any(|r| r.template == "WELCOME"),
+        "the welcome waits for the verified address"
+    );
     eventually("a second verification link", || async {
         outbox_to(&app, &email)
             .await
@@ -295,6 +331,113 @@ async fn a_mail_server_that_is_down_delays_mail_and_loses_none() {
 }
 
 const OUTBOX: &str = "query($s: EmailStatus) { emailOutbox(first: 50, status: $s) { totalCount edges { node { id recipient template subject status attempts lastError } } } }";
+
+#[tokio::test]
+async fn a_running_mail_server_stopped_then_started_again_gets_the_reset_sent_meanwhile() {
+    let mut smtp = SmtpServer::new();
+    smtp.start().await;
+    let url = smtp.url();
+    let app = spawn_app_with(&[("PODIUM_SMTP_URL", url.as_str())]).await;
+    let (_, email) = app.register("Ola").await;
+    let mailbox = smtp.mailbox();
+    // Delivered while it runs: the transport's pool holds a connection to it.
+    mailbox.wait_for(&email, "Welcome to Podium").await;
+    smtp.stop();
+    app.gql(None, RESET, json!({ "e": email })).await.ok();
+    eventually_within(
+        "the reset's first try failing",
+        std::time::Duration::from_secs(20),
+        || async {
+            outbox_to(&app, &email).await.iter().any(|r| {
+                r.template == "PASSWORD_RESET" && r.status == "QUEUED" && r.last_error.is_some()
+            })
+        },
+    )
+    .await;
+    smtp.start().await;
+    let reset = mailbox.wait_for(&email, "Reset your").await;
+    app.gql(
+        None,
+        DO_RESET,
+        json!({ "t": reset.token("/reset-password"), "p": "BrandNew-456" }),
+    )
+    .await
+    .ok();
+    app.login(&email, "BrandNew-456").await;
+}
+
+#[tokio::test]
+async fn a_send_whose_last_try_was_lost_is_failed_and_can_be_retried() {
+    // No workers: the test plays a worker that died holding the last try.
+    let smtp = SmtpServer::new();
+    let url = smtp.url();
+    let app = spawn_app_with(&[
+        ("PODIUM_SMTP_URL", url.as_str()),
+        ("PODIUM_JOBS_ENABLED", "false"),
+    ])
+    .await;
+    let admin = app.admin().await;
+    let (_, email) = app.register("Pia").await;
+    {
+        use diesel_async::RunQueryDsl;
+        let mut conn = app.state.pool.get().await.unwrap();
+        diesel::sql_query(
+            "UPDATE jobs SET status = 'RUNNING', attempts = max_attempts, locked_by = 'dead',
+                 lease_expires_at = now() - interval '1 second'
+             WHERE kind = 'email.send'",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    podium::jobs::runner::run_one(&app.state, "survivor")
+        .await
+        .unwrap();
+    let rows = outbox_to(&app, &email).await;
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter().all(|r| r.status == "FAILED"
+            && r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("last try was lost"))),
+        "{rows:?}"
+    );
+    let retried = app
+        .gql(
+            Some(&admin.access),
+            "mutation($id: ID!) { retryEmail(id: $id) { status } }",
+            json!({ "id": rows[0].id }),
+        )
+        .await
+        .ok();
+    assert_eq!(retried.data("retryEmail.status"), "QUEUED");
+}
+
+#[tokio::test]
+async fn names_with_line_breaks_are_refused_and_unproven_addresses_are_not_greeted_by_name() {
+    let app = spawn_app().await;
+    let refused = app
+        .gql(
+            None,
+            REGISTER,
+            json!({ "n": "Eve\nVisit https://evil.example", "e": "eve@example.com", "p": PASSWORD }),
+        )
+        .await;
+    assert_eq!(refused.code(), "BAD_USER_INPUT");
+    let (_, email) = app.register("Quinn").await;
+    let message = Mailbox::at(&app.state.settings.mail.dir)
+        .wait_for(&email, "Confirm your email address")
+        .await;
+    assert!(message.text.starts_with("Hello there,"), "{}", message.text);
+}
+
+#[tokio::test]
+async fn seeded_demo_accounts_are_verified_and_sign_in_when_verification_is_required() {
+    let app = spawn_app_with(&[("PODIUM_REQUIRE_VERIFIED_EMAIL", "true")]).await;
+    app.seed().await;
+    app.login(USER_EMAIL, USER_PASSWORD).await;
+    app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+}
 
 #[tokio::test]
 async fn administrators_read_the_outbox_with_errors_and_retry_a_failed_message() {
@@ -383,6 +526,16 @@ async fn without_a_portal_podiums_own_pages_complete_verification_and_reset() {
     let mailbox = Mailbox::at(&app.state.settings.mail.dir);
     let verification = mailbox.wait_for(&email, "Confirm your email address").await;
     let token = verification.token("/verify-email");
+    let hostile = app
+        .get("/verify-email?token=%22%3E%3Cscript%3Ealert(1)%3C/script%3E")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !hostile.contains("<script>") && hostile.contains("&quot;&gt;&lt;script&gt;"),
+        "what the link carries is escaped: {hostile}"
+    );
     let page = app.get(&format!("/verify-email?token={token}")).await;
     assert_eq!(page.status(), 200);
     assert_eq!(page.headers()["cache-control"], "no-store");

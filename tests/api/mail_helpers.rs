@@ -107,7 +107,10 @@ impl Mailbox {
     pub fn to(&self, to: &str) -> Vec<Received> {
         messages_in(&self.dir)
             .into_iter()
-            .filter(|m| m.to.to_lowercase().contains(&to.to_lowercase()))
+            .filter(|m| {
+                m.to.split([',', ' ', '<', '>', '[', ']', '\''])
+                    .any(|address| address.eq_ignore_ascii_case(to))
+            })
             .collect()
     }
 
@@ -248,4 +251,26 @@ pub async fn outbox_to(app: &crate::helpers::TestApp, recipient: &str) -> Vec<Ou
     .load(&mut conn)
     .await
     .unwrap()
+}
+
+/// Waits until every `account.mail_request` job (the lookups behind reset and
+/// verification requests) has run.
+pub async fn mail_requests_done(app: &crate::helpers::TestApp) {
+    crate::helpers::eventually("the account mail requests to be handled", || async {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Pending {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = app.state.pool.get().await.unwrap();
+        let pending: Pending = diesel::sql_query(
+            "SELECT count(*) AS n FROM jobs WHERE kind = 'account.mail_request' AND status <> 'SUCCEEDED'",
+        )
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        pending.n == 0
+    })
+    .await;
 }
