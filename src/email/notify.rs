@@ -18,7 +18,7 @@ use crate::instances::model::ServiceInstance;
 use crate::state::AppState;
 use crate::subscriptions::model::Subscription;
 
-/// `12345.00 IDR`.
+/// `12345.00 IDR` (no thousands separator).
 pub fn money(minor: i64, currency: &str) -> String {
     format!(
         "{} {currency}",
@@ -230,11 +230,14 @@ pub async fn renewal_reminder(
         "renews_on": day(sub.current_period_end),
         "low_balance": billed.balance < billed.amount,
     });
-    let key = format!(
-        "renewal-reminder:{}:{}",
-        sub.id,
-        sub.current_period_end.timestamp()
-    );
+    // The warning has a key of its own: a wallet emptied after a calm reminder still
+    // gets it.
+    let kind = if billed.balance < billed.amount {
+        "renewal-low-balance"
+    } else {
+        "renewal-reminder"
+    };
+    let key = format!("{kind}:{}:{}", sub.id, sub.current_period_end.timestamp());
     billed
         .send(conn, state, EmailTemplate::RenewalReminder, extra, key)
         .await
@@ -255,8 +258,9 @@ pub async fn instance_ready(
     queue(conn, state, mail).await
 }
 
-/// An instance FAILED: once per generation (what it should be), so an instance that
-/// flaps between RUNNING and FAILED does not flood its owner.
+/// An instance FAILED: at most once an hour per instance and generation (what it should
+/// be), so an instance that flaps between RUNNING and FAILED does not flood its owner, and
+/// one that fails again later is told again.
 pub async fn instance_failed(
     conn: &mut Conn,
     state: &AppState,
@@ -266,8 +270,9 @@ pub async fn instance_failed(
     let message = instance.status_message.clone().unwrap_or_default();
     let params = json!({ "instance": instance.name, "service": service, "message": message });
     let to = recipient(conn, instance.user_id).await?;
+    let hour = state.clock.now().timestamp() / 3600;
     let mail = Mail::new(EmailTemplate::InstanceFailed, to, params).once(format!(
-        "instance-failed:{}:{}",
+        "instance-failed:{}:{}:{hour}",
         instance.id, instance.generation
     ));
     queue(conn, state, mail).await

@@ -234,8 +234,8 @@ pub fn render(
 pub fn sample_params(template: EmailTemplate) -> serde_json::Value {
     use serde_json::json;
     let subscription = json!({
-        "service": "n8n", "plan": "Starter", "amount": "150,000.00 IDR",
-        "balance": "20,000.00 IDR", "shortfall": "130,000.00 IDR",
+        "service": "n8n", "plan": "Starter", "amount": "150000.00 IDR",
+        "balance": "20000.00 IDR", "shortfall": "130000.00 IDR",
     });
     let mut params = match template {
         EmailTemplate::VerifyEmail
@@ -264,7 +264,7 @@ pub fn sample_params(template: EmailTemplate) -> serde_json::Value {
         }
         EmailTemplate::Expired => json!({}),
         EmailTemplate::TopUpReceived => {
-            json!({ "amount": "500,000.00 IDR", "balance": "520,000.00 IDR" })
+            json!({ "amount": "500000.00 IDR", "balance": "520000.00 IDR" })
         }
     };
     if matches!(

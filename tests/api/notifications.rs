@@ -130,6 +130,17 @@ async fn subscribing_sends_the_activation_then_the_instance_address_once_it_runs
         .wait_for(&email, "notified blog is running")
         .await;
     assert!(ready.text.contains(url), "{}", ready.text);
+    // Running again after a stop is not news.
+    let op = "mutation($id: ID!) { stopInstance(id: $id) { id } }";
+    app.gql(Some(&user.access), op, json!({ "id": instance_id }))
+        .await
+        .ok();
+    wait_status(&app, &user, &instance_id, "STOPPED").await;
+    let op = "mutation($id: ID!) { startInstance(id: $id) { id } }";
+    app.gql(Some(&user.access), op, json!({ "id": instance_id }))
+        .await
+        .ok();
+    wait_status(&app, &user, &instance_id, "RUNNING").await;
     assert_eq!(queued(&app, &email, "INSTANCE_READY").await, 1);
 }
 
@@ -206,7 +217,11 @@ async fn dunning_mails_each_failed_attempt_the_suspension_the_coming_deletion_an
     tick(&app, failed).await;
     let first = &arrived(&email, "Payment failed: Ghost is past due", 1).await[0];
     let grace_end = failed + Duration::days(7);
-    for fact in ["30000.00 IDR", "0.00 IDR", &day(grace_end)] {
+    for fact in [
+        "costs 30000.00 IDR",
+        "your wallet holds 0.00 IDR",
+        &day(grace_end),
+    ] {
         assert!(first.text.contains(fact), "{fact}: {}", first.text);
     }
     // Each dunning retry (days 1, 3 and 5) fails again, with a message of its own; a run
@@ -322,7 +337,11 @@ async fn renewal_reminders_go_once_per_period_and_warn_when_the_wallet_falls_sho
     let low = Mailbox::shared()
         .wait_for(&short_email, "Top up before")
         .await;
-    for fact in ["does not cover it", "5000.00 IDR", "25000.00 IDR"] {
+    for fact in [
+        "does not cover it",
+        "Your wallet holds 5000.00 IDR",
+        "top up at least 25000.00 IDR",
+    ] {
         assert!(low.text.contains(fact), "{fact}: {}", low.text);
     }
     Mailbox::shared()
@@ -464,4 +483,46 @@ async fn a_failed_instance_is_mailed_unless_its_owner_switched_instance_alerts_o
         .await;
     assert_eq!(queued(&app, &muted_email, "INSTANCE_FAILED").await, 0);
     assert_eq!(queued(&app, &alerted_email, "INSTANCE_FAILED").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_mail_server_down_the_instance_address_and_the_dunning_mail_arrive_once_it_is_back()
+ {
+    let mut smtp = SmtpServer::new();
+    let url = smtp.url();
+    let app = spawn_app_with(&[("PODIUM_SMTP_URL", url.as_str())]).await;
+    let admin = app.admin().await;
+    ready_node(&app, &admin, "node-a", 16).await;
+    let (user, email) = customer(&app, &admin, "patient", "30000").await;
+    let (id, instance_id) = ghost(&app, &user, "patient blog").await;
+    wait_status(&app, &user, &instance_id, "RUNNING").await;
+    let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
+    app.state.clock.stop();
+    tick(&app, end + Duration::minutes(1)).await;
+    eventually_within(
+        "the instance's address and the failed payment tried and failed",
+        std::time::Duration::from_secs(30),
+        || async {
+            let rows = outbox_to(&app, &email).await;
+            ["INSTANCE_READY", "PAYMENT_FAILED"].iter().all(|t| {
+                rows.iter().any(|r| {
+                    r.template == *t
+                        && r.status == "QUEUED"
+                        && r.attempts >= 1
+                        && r.last_error.is_some()
+                })
+            })
+        },
+    )
+    .await;
+    smtp.start().await;
+    let mailbox = smtp.mailbox();
+    let within = std::time::Duration::from_secs(60);
+    let ready = mailbox
+        .wait_within(&email, "patient blog is running", within)
+        .await;
+    assert!(ready.text.contains("https://"), "{}", ready.text);
+    mailbox
+        .wait_within(&email, "Payment failed: Ghost is past due", within)
+        .await;
 }
