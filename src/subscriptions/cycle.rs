@@ -144,7 +144,8 @@ pub async fn run_renewals(state: &AppState) -> anyhow::Result<Summary> {
 }
 
 /// A few workers renewing batches until none is left; returns how many were renewed.
-async fn renew_in_bulk(state: &AppState) -> anyhow::Result<usize> {
+/// (`run_renewals` runs it first; tests call it alone to see what the bulk path does.)
+pub async fn renew_in_bulk(state: &AppState) -> anyhow::Result<usize> {
     let workers = parallelism(state).clamp(1, 3);
     let batches = (0..workers).map(|_| async {
         let mut renewed = 0;

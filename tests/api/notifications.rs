@@ -155,6 +155,15 @@ async fn a_renewal_sends_its_invoice_number_and_link() {
     let (other_id, _) = ghost(&app, &other, "another blog").await;
     let end = at(&sub(&app, &user, &id).await["currentPeriodEnd"]);
     let other_end = at(&sub(&app, &other, &other_id).await["currentPeriodEnd"]);
+    // The bulk path alone (the one-at-a-time pass would hide a failed bulk batch).
+    app.state
+        .clock
+        .advance_to(end.max(other_end) + Duration::minutes(1));
+    let bulk = podium::subscriptions::cycle::renew_in_bulk(&app.state)
+        .await
+        .unwrap();
+    assert_eq!(bulk, 2, "both renewed in bulk");
+    assert_eq!(queued(&app, &email, "RENEWAL_PAID").await, 1);
     tick(&app, end.max(other_end) + Duration::minutes(1)).await;
     let other_paid = Mailbox::shared()
         .wait_for(&other_email, "Renewal paid")
