@@ -199,9 +199,16 @@ pub async fn run_mail_request(state: &AppState, payload: &serde_json::Value) -> 
     let Some(user) = users::find_by_email(&mut conn, email).await?.filter(wanted) else {
         return Ok(());
     };
+    drop(conn);
+    send_link(state, &user, purpose).await
+}
+
+/// Queues a link for `purpose` to `user`, unless the address had its hourly share.
+async fn send_link(state: &AppState, user: &User, purpose: Purpose) -> AppResult<()> {
+    let mut conn = state.pool.get().await?;
     conn.transaction(async |conn| {
         if under_address_cap(conn, &user.email).await? {
-            queue_token_mail(conn, state, &user, purpose).await?;
+            queue_token_mail(conn, state, user, purpose).await?;
         } else {
             tracing::info!(user_id = %user.id, purpose = purpose.as_str(), "account mail not sent: hourly cap for this address");
         }
@@ -234,15 +241,8 @@ pub async fn resend_verification(
     else {
         return Ok(());
     };
-    conn.transaction(async |conn| {
-        if under_address_cap(conn, &user.email).await? {
-            queue_token_mail(conn, state, &user, Purpose::VerifyEmail).await?;
-        }
-        Ok::<_, AppError>(())
-    })
-    .await?;
-    state.jobs_wakeup.notify_waiters();
-    Ok(())
+    drop(conn);
+    send_link(state, &user, Purpose::VerifyEmail).await
 }
 
 /// `requestPasswordReset`: a reset link to `email` if it is an active account's. The

@@ -18,15 +18,19 @@ use crate::auth::recovery;
 use crate::error::AppError;
 use crate::graphql::caller::client_info;
 use crate::ratelimit::address_key;
-use crate::state::AppState;
+use crate::state::{AppState, ClientInfo};
 use crate::users::service::PasswordInput;
 
 type Form = web::Form<HashMap<String, String>>;
 type Query = web::Query<HashMap<String, String>>;
 
+const VERIFY: &str = "Confirm your email address";
+const CHOOSE: &str = "Choose a new password";
+const REQUEST: &str = "Reset your password";
+
 /// What a page shows.
-#[derive(Default)]
 struct Page<'a> {
+    status: StatusCode,
     title: &'a str,
     error: Option<String>,
     done: Option<&'a str>,
@@ -35,97 +39,115 @@ struct Page<'a> {
     token: Option<&'a str>,
 }
 
-fn page(state: &AppState, status: StatusCode, p: Page) -> HttpResponse {
-    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
-    let env = ENV.get_or_init(|| {
-        let mut env = Environment::new();
-        env.add_template(
-            "account.html",
-            include_str!("../../templates/pages/account.html"),
-        )
-        .expect("the account page template");
-        env
-    });
-    let html = env
-        .get_template("account.html")
-        .and_then(|t| {
-            t.render(context! {
-                platform => &state.settings.platform_name,
-                portal_url => &state.settings.mail.portal_url,
-                title => p.title,
-                error => p.error,
-                done => p.done,
-                form => p.form,
-                token => p.token,
-            })
-        })
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "rendering an account page");
-            "<!doctype html><title>Error</title><p>Something went wrong.</p>".into()
-        });
-    HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ))
-        .body(html)
-}
-
-/// What the person sees of a refusal: the error's own message for their input, a generic
-/// one for anything internal.
-fn shown(e: &AppError) -> (StatusCode, String) {
-    match e {
-        AppError::BadUserInput { fields, message } => (
-            StatusCode::BAD_REQUEST,
-            fields
-                .iter()
-                .next()
-                .map(|(field, messages)| {
-                    let subject = match field.as_str() {
-                        "token" => "This link",
-                        "email" => "The email address",
-                        _ => "The new password",
-                    };
-                    format!("{subject} {}.", messages.join("; "))
-                })
-                .unwrap_or_else(|| message.clone()),
-        ),
-        AppError::RateLimited { retry_after_secs } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("Too many requests: try again in {retry_after_secs} s."),
-        ),
-        AppError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
-        _ => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Something went wrong on our side: please try again in a moment.".into(),
-        ),
-    }
-}
-
-/// The per-address request limit every page shares with the API.
-/// A refusal is a whole page (boxed: it is much bigger than the client).
-fn admitted(
-    state: &AppState,
-    req: &HttpRequest,
-) -> Result<crate::state::ClientInfo, Box<HttpResponse>> {
-    let client = client_info(req, &state.settings.trusted_proxies);
-    match state.limits.per_ip.hit(&address_key(client.ip)) {
-        Ok(()) => Ok(client),
-        Err(secs) => {
-            let (status, error) = shown(&AppError::rate_limited(secs));
-            Err(Box::new(page(
-                state,
-                status,
-                Page {
-                    title: "Slow down",
-                    error: Some(error),
-                    ..Default::default()
-                },
-            )))
+impl<'a> Page<'a> {
+    fn new(title: &'a str) -> Self {
+        Page {
+            status: StatusCode::OK,
+            title,
+            error: None,
+            done: None,
+            form: None,
+            token: None,
         }
     }
+
+    fn form(mut self, form: &'a str, token: Option<&'a str>) -> Self {
+        self.form = Some(form);
+        self.token = token;
+        self
+    }
+
+    fn done(mut self, text: &'a str) -> Self {
+        self.done = Some(text);
+        self
+    }
+
+    /// What the person sees of a refusal: the error's own message for their input, a
+    /// generic one for anything internal.
+    fn refused(mut self, e: &AppError) -> Self {
+        let (status, error) = match e {
+            AppError::BadUserInput { fields, message } => (
+                StatusCode::BAD_REQUEST,
+                fields
+                    .iter()
+                    .next()
+                    .map(|(field, messages)| {
+                        let subject = match field.as_str() {
+                            "token" => "This link",
+                            "email" => "The email address",
+                            _ => "The new password",
+                        };
+                        format!("{subject} {}.", messages.join("; "))
+                    })
+                    .unwrap_or_else(|| message.clone()),
+            ),
+            AppError::RateLimited { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many requests: try again in {retry_after_secs} s."),
+            ),
+            AppError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+            _ => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong on our side: please try again in a moment.".into(),
+            ),
+        };
+        self.status = status;
+        self.error = Some(error);
+        self
+    }
+
+    fn render(self, state: &AppState) -> HttpResponse {
+        static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+        let env = ENV.get_or_init(|| {
+            let mut env = Environment::new();
+            env.add_template(
+                "account.html",
+                include_str!("../../templates/pages/account.html"),
+            )
+            .expect("the account page template");
+            env
+        });
+        let html = env
+            .get_template("account.html")
+            .and_then(|t| {
+                t.render(context! {
+                    platform => &state.settings.platform_name,
+                    portal_url => &state.settings.mail.portal_url,
+                    title => self.title,
+                    error => self.error,
+                    done => self.done,
+                    form => self.form,
+                    token => self.token,
+                })
+            })
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "rendering an account page");
+                "<!doctype html><title>Error</title><p>Something went wrong.</p>".into()
+            });
+        HttpResponse::build(self.status)
+            .content_type("text/html; charset=utf-8")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ))
+            .body(html)
+    }
+}
+
+/// The per-address request limit every page shares with the API; a refusal is a whole
+/// page (boxed: it is much bigger than the client).
+fn admitted(state: &AppState, req: &HttpRequest) -> Result<ClientInfo, Box<HttpResponse>> {
+    let client = client_info(req, &state.settings.trusted_proxies);
+    state
+        .limits
+        .per_ip
+        .hit(&address_key(client.ip))
+        .map(|()| client)
+        .map_err(|secs| {
+            let slow_down = Page::new("Slow down").refused(&AppError::rate_limited(secs));
+            Box::new(slow_down.render(state))
+        })
 }
 
 pub async fn verify_form(
@@ -136,29 +158,14 @@ pub async fn verify_form(
     if let Err(refused) = admitted(&state, &req) {
         return *refused;
     }
-    match query.get("token") {
-        Some(token) => page(
-            &state,
-            StatusCode::OK,
-            Page {
-                title: "Confirm your email address",
-                form: Some("verify"),
-                token: Some(token),
-                ..Default::default()
-            },
-        ),
-        None => page(
-            &state,
-            StatusCode::BAD_REQUEST,
-            Page {
-                title: "Confirm your email address",
-                error: Some(
-                    "This link is incomplete: open the whole link from the message.".into(),
-                ),
-                ..Default::default()
-            },
-        ),
-    }
+    let page = match query.get("token") {
+        Some(token) => Page::new(VERIFY).form("verify", Some(token)),
+        None => Page::new(VERIFY).refused(&AppError::field(
+            "token",
+            "is incomplete: open the whole link from the message",
+        )),
+    };
+    page.render(&state)
 }
 
 pub async fn verify(state: web::Data<AppState>, req: HttpRequest, form: Form) -> HttpResponse {
@@ -166,31 +173,13 @@ pub async fn verify(state: web::Data<AppState>, req: HttpRequest, form: Form) ->
         return *refused;
     }
     let token = form.get("token").map(String::as_str).unwrap_or("");
-    match recovery::verify_email(&state, token).await {
-        Ok(()) => page(
-            &state,
-            StatusCode::OK,
-            Page {
-                title: "Address confirmed",
-                done: Some(
-                    "Thank you: your email address is confirmed. You can close this page and sign in.",
-                ),
-                ..Default::default()
-            },
+    let page = match recovery::verify_email(&state, token).await {
+        Ok(()) => Page::new("Address confirmed").done(
+            "Thank you: your email address is confirmed. You can close this page and sign in.",
         ),
-        Err(e) => {
-            let (status, error) = shown(&e);
-            page(
-                &state,
-                status,
-                Page {
-                    title: "Confirm your email address",
-                    error: Some(error),
-                    ..Default::default()
-                },
-            )
-        }
-    }
+        Err(e) => Page::new(VERIFY).refused(&e),
+    };
+    page.render(&state)
 }
 
 pub async fn reset_form(
@@ -201,27 +190,11 @@ pub async fn reset_form(
     if let Err(refused) = admitted(&state, &req) {
         return *refused;
     }
-    match query.get("token") {
-        Some(token) => page(
-            &state,
-            StatusCode::OK,
-            Page {
-                title: "Choose a new password",
-                form: Some("reset"),
-                token: Some(token),
-                ..Default::default()
-            },
-        ),
-        None => page(
-            &state,
-            StatusCode::OK,
-            Page {
-                title: "Reset your password",
-                form: Some("request"),
-                ..Default::default()
-            },
-        ),
-    }
+    let page = match query.get("token") {
+        Some(token) => Page::new(CHOOSE).form("reset", Some(token)),
+        None => Page::new(REQUEST).form("request", None),
+    };
+    page.render(&state)
 }
 
 /// With a token: sets the new password. With an email: asks for a link.
@@ -231,75 +204,29 @@ pub async fn reset(state: web::Data<AppState>, req: HttpRequest, form: Form) -> 
         Err(refused) => return *refused,
     };
     if let Some(email) = form.get("email") {
-        return match recovery::request_password_reset(&state, email, &client).await {
-            Ok(()) => page(
-                &state,
-                StatusCode::OK,
-                Page {
-                    title: "Check your mail",
-                    done: Some(
-                        "If this address has an account, a link to reset its password is on its way. It works once, within an hour.",
-                    ),
-                    ..Default::default()
-                },
+        let page = match recovery::request_password_reset(&state, email, &client).await {
+            Ok(()) => Page::new("Check your mail").done(
+                "If this address has an account, a link to reset its password is on its way. It works once, within an hour.",
             ),
-            Err(e) => {
-                let (status, error) = shown(&e);
-                page(
-                    &state,
-                    status,
-                    Page {
-                        title: "Reset your password",
-                        error: Some(error),
-                        form: Some("request"),
-                        ..Default::default()
-                    },
-                )
-            }
+            Err(e) => Page::new(REQUEST).form("request", None).refused(&e),
         };
+        return page.render(&state);
     }
     let token = form.get("token").map(String::as_str).unwrap_or("");
     let new_password = form.get("password").cloned().unwrap_or_default();
-    match recovery::reset_password(&state, token, PasswordInput { new_password }, &client).await {
-        Ok(()) => page(
-            &state,
-            StatusCode::OK,
-            Page {
-                title: "Password changed",
-                done: Some(
-                    "Your new password is set, and every session was signed out. Sign in with the new password.",
-                ),
-                ..Default::default()
-            },
+    let page = match recovery::reset_password(&state, token, PasswordInput { new_password }, &client)
+        .await
+    {
+        Ok(()) => Page::new("Password changed").done(
+            "Your new password is set, and every session was signed out. Sign in with the new password.",
         ),
         // A weak password: the form again, with the same (still unused) token.
         Err(e @ AppError::BadUserInput { .. }) if !refers_to_token(&e) => {
-            let (status, error) = shown(&e);
-            page(
-                &state,
-                status,
-                Page {
-                    title: "Choose a new password",
-                    error: Some(error),
-                    form: Some("reset"),
-                    token: Some(token),
-                    ..Default::default()
-                },
-            )
+            Page::new(CHOOSE).form("reset", Some(token)).refused(&e)
         }
-        Err(e) => {
-            let (status, error) = shown(&e);
-            page(
-                &state,
-                status,
-                Page {
-                    title: "Choose a new password",
-                    error: Some(error),
-                    ..Default::default()
-                },
-            )
-        }
-    }
+        Err(e) => Page::new(CHOOSE).refused(&e),
+    };
+    page.render(&state)
 }
 
 fn refers_to_token(e: &AppError) -> bool {

@@ -8,13 +8,13 @@ use crate::billing::*;
 use crate::helpers::*;
 use podium::subscriptions::cycle::{run_dunning, run_renewals};
 
-fn at(v: &Value) -> DateTime<Utc> {
+pub(crate) fn at(v: &Value) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(v.as_str().expect("a time"))
         .expect("RFC 3339")
         .with_timezone(&Utc)
 }
 
-async fn sub(app: &TestApp, s: &Session, id: &str) -> Value {
+pub(crate) async fn sub(app: &TestApp, s: &Session, id: &str) -> Value {
     app.gql(Some(&s.access), SUBSCRIPTION, json!({ "id": id }))
         .await
         .ok()
@@ -22,7 +22,8 @@ async fn sub(app: &TestApp, s: &Session, id: &str) -> Value {
         .clone()
 }
 
-async fn invoices(app: &TestApp, s: &Session) -> Vec<Value> {
+/// The caller's invoices, newest first.
+pub(crate) async fn invoices(app: &TestApp, s: &Session) -> Vec<Value> {
     let r = app.gql(Some(&s.access), INVOICES, json!({})).await.ok();
     nodes(r.data("myInvoices"))
 }

@@ -8,7 +8,8 @@ use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::{Value, json};
 
-use crate::billing::{INVOICES, SUBSCRIPTION, adjust, nodes, plan_id, subscribe};
+use crate::billing::{adjust, plan_id, subscribe};
+use crate::billing_cycle::{at, invoices, sub};
 use crate::helpers::*;
 use crate::instances::{ready_node, wait_status};
 use crate::mail_helpers::*;
@@ -39,28 +40,8 @@ async fn ghost(app: &TestApp, s: &Session, name: &str) -> (String, String) {
     )
 }
 
-fn at(v: &Value) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(v.as_str().expect("a time"))
-        .expect("RFC 3339")
-        .with_timezone(&Utc)
-}
-
 fn day(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d").to_string()
-}
-
-async fn sub(app: &TestApp, s: &Session, id: &str) -> Value {
-    app.gql(Some(&s.access), SUBSCRIPTION, json!({ "id": id }))
-        .await
-        .ok()
-        .data("serviceSubscription")
-        .clone()
-}
-
-/// The caller's invoices, newest first.
-async fn invoices(app: &TestApp, s: &Session) -> Vec<Value> {
-    let r = app.gql(Some(&s.access), INVOICES, json!({})).await.ok();
-    nodes(r.data("myInvoices"))
 }
 
 /// Moves the app's clock to `t` and runs both billing jobs' work.
