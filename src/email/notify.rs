@@ -50,6 +50,11 @@ pub struct Billed<'a> {
 }
 
 impl Billed<'_> {
+    /// When the subscription was suspended (it names the suspension).
+    fn suspended_since(&self) -> DateTime<Utc> {
+        self.sub.suspended_at.unwrap_or(self.sub.updated_at)
+    }
+
     fn params(&self) -> Value {
         let currency = &self.sub.currency;
         json!({
@@ -179,8 +184,7 @@ pub async fn suspended(
     state: &AppState,
     billed: &Billed<'_>,
 ) -> AppResult<Option<Uuid>> {
-    let sub = billed.sub;
-    let since = sub.suspended_at.unwrap_or(sub.updated_at);
+    let (sub, since) = (billed.sub, billed.suspended_since());
     let extra = json!({ "expire_on": day(expires_at(state, since)) });
     let key = format!("suspended:{}:{}", sub.id, since.timestamp());
     billed
@@ -194,8 +198,7 @@ pub async fn expiring_soon(
     state: &AppState,
     billed: &Billed<'_>,
 ) -> AppResult<Option<Uuid>> {
-    let sub = billed.sub;
-    let since = sub.suspended_at.unwrap_or(sub.updated_at);
+    let (sub, since) = (billed.sub, billed.suspended_since());
     let extra = json!({
         "suspended_on": day(since),
         "expire_on": day(expires_at(state, since)),

@@ -53,10 +53,7 @@ const DO_RESET: &str =
     "mutation($t: String!, $p: String!) { resetPassword(token: $t, newPassword: $p) }";
 
 async fn smtp_app(extra: &[(&str, &str)]) -> TestApp {
-    let url = shared_smtp_url();
-    let mut overrides = vec![("PODIUM_SMTP_URL", url.as_str())];
-    overrides.extend_from_slice(extra);
-    spawn_app_with(&overrides).await
+    app_mailing_to(&shared_smtp_url(), extra).await
 }
 
 #[tokio::test]
@@ -294,8 +291,7 @@ async fn when_sign_in_waits_for_verification_register_answers_alike_and_tells_th
 #[tokio::test]
 async fn a_mail_server_that_is_down_delays_mail_and_loses_none() {
     let mut smtp = SmtpServer::new();
-    let url = smtp.url();
-    let app = spawn_app_with(&[("PODIUM_SMTP_URL", url.as_str())]).await;
+    let app = app_mailing_to(&smtp.url(), &[]).await;
     let (_, email) = app.register("Lou").await;
     eventually_within(
         "a failed try recorded",
@@ -328,8 +324,7 @@ const OUTBOX: &str = "query($s: EmailStatus) { emailOutbox(first: 50, status: $s
 async fn a_running_mail_server_stopped_then_started_again_gets_the_reset_sent_meanwhile() {
     let mut smtp = SmtpServer::new();
     smtp.start().await;
-    let url = smtp.url();
-    let app = spawn_app_with(&[("PODIUM_SMTP_URL", url.as_str())]).await;
+    let app = app_mailing_to(&smtp.url(), &[]).await;
     let (_, email) = app.register("Ola").await;
     let mailbox = smtp.mailbox();
     // Delivered while it runs: the transport's pool holds a connection to it.
@@ -362,12 +357,7 @@ async fn a_running_mail_server_stopped_then_started_again_gets_the_reset_sent_me
 async fn a_send_whose_last_try_was_lost_is_failed_and_can_be_retried() {
     // No workers: the test plays a worker that died holding the last try.
     let smtp = SmtpServer::new();
-    let url = smtp.url();
-    let app = spawn_app_with(&[
-        ("PODIUM_SMTP_URL", url.as_str()),
-        ("PODIUM_JOBS_ENABLED", "false"),
-    ])
-    .await;
+    let app = app_mailing_to(&smtp.url(), &[("PODIUM_JOBS_ENABLED", "false")]).await;
     let admin = app.admin().await;
     let (_, email) = app.register("Pia").await;
     {
@@ -434,12 +424,7 @@ async fn seeded_demo_accounts_are_verified_and_sign_in_when_verification_is_requ
 #[tokio::test]
 async fn administrators_read_the_outbox_with_errors_and_retry_a_failed_message() {
     let mut smtp = SmtpServer::new();
-    let url = smtp.url();
-    let app = spawn_app_with(&[
-        ("PODIUM_SMTP_URL", url.as_str()),
-        ("PODIUM_MAIL_MAX_ATTEMPTS", "1"),
-    ])
-    .await;
+    let app = app_mailing_to(&smtp.url(), &[("PODIUM_MAIL_MAX_ATTEMPTS", "1")]).await;
     let admin = app.admin().await;
     let (user, email) = app.register("Max").await;
     eventually("both messages FAILED after their only try", || async {

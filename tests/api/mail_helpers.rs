@@ -140,6 +140,13 @@ impl Mailbox {
     }
 }
 
+/// A test server that sends its mail to `smtp_url`, with `extra` settings.
+pub async fn app_mailing_to(smtp_url: &str, extra: &[(&str, &str)]) -> crate::helpers::TestApp {
+    let mut overrides = vec![("PODIUM_SMTP_URL", smtp_url)];
+    overrides.extend_from_slice(extra);
+    crate::helpers::spawn_app_with(&overrides).await
+}
+
 /// The shared aiosmtpd's URL.
 pub fn shared_smtp_url() -> String {
     std::env::var("PODIUM_TEST_SMTP_URL")

@@ -18,7 +18,7 @@ use podium::subscriptions::reminders;
 
 /// A server that sends its mail to the shared aiosmtpd.
 async fn smtp_app() -> TestApp {
-    spawn_app_with(&[("PODIUM_SMTP_URL", &shared_smtp_url())]).await
+    app_mailing_to(&shared_smtp_url(), &[]).await
 }
 
 /// A registered customer with `amount` in the wallet: (session, address).
@@ -479,8 +479,7 @@ async fn a_failed_instance_is_mailed_unless_its_owner_switched_instance_alerts_o
 async fn with_the_mail_server_down_the_instance_address_and_the_dunning_mail_arrive_once_it_is_back()
  {
     let mut smtp = SmtpServer::new();
-    let url = smtp.url();
-    let app = spawn_app_with(&[("PODIUM_SMTP_URL", url.as_str())]).await;
+    let app = app_mailing_to(&smtp.url(), &[]).await;
     let admin = app.admin().await;
     ready_node(&app, &admin, "node-a", 16).await;
     let (user, email) = customer(&app, &admin, "patient", "30000").await;
