@@ -203,6 +203,18 @@ pub async fn count(conn: &mut Conn, status: Option<EmailStatus>) -> QueryResult<
         .await
 }
 
+/// How many messages are QUEUED and how many FAILED (from the status index).
+pub async fn unsent_counts(conn: &mut Conn) -> QueryResult<(i64, i64)> {
+    let count = |status: EmailStatus| {
+        email_outbox::table
+            .filter(email_outbox::status.eq(status))
+            .select(diesel::dsl::count_star())
+    };
+    let queued = count(EmailStatus::Queued).first(conn).await?;
+    let failed = count(EmailStatus::Failed).first(conn).await?;
+    Ok((queued, failed))
+}
+
 /// SENT messages older than `before` go (FAILED ones stay until someone looks).
 pub async fn prune_sent(conn: &mut Conn, before: DateTime<Utc>) -> QueryResult<usize> {
     diesel::delete(

@@ -112,6 +112,21 @@ pub async fn metrics(state: web::Data<AppState>, req: actix_web::HttpRequest) ->
         "Receivers of this replica's live events (GraphQL subscriptions and background tasks).",
         state.events.subscribers() as u64,
     );
+    // Mail waiting or given up: what an operator alerts on (a mail server down, a rejected login).
+    let outbox = async {
+        let mut conn = state.pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok::<_, anyhow::Error>(crate::email::model::unsent_counts(&mut conn).await?)
+    }
+    .await;
+    match outbox {
+        Ok((queued, failed)) => {
+            let _ = writeln!(
+                out,
+                "# HELP podium_mail_outbox Messages in the mail outbox not sent (yet).\n# TYPE podium_mail_outbox gauge\npodium_mail_outbox{{status=\"QUEUED\"}} {queued}\npodium_mail_outbox{{status=\"FAILED\"}} {failed}"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the mail outbox for /metrics"),
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)

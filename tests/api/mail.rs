@@ -448,6 +448,11 @@ async fn administrators_read_the_outbox_with_errors_and_retry_a_failed_message()
         "{node}"
     );
     assert_eq!(node["subject"], "Confirm your email address for Podium");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("podium_mail_outbox{status=\"FAILED\"} 2"),
+        "an operator can alert on failed mail: {metrics}"
+    );
 
     let denied = app
         .gql(Some(&user.access), OUTBOX, json!({ "s": null }))
