@@ -60,15 +60,6 @@ fn refused() -> AppError {
     )
 }
 
-/// Who mail about an address that may not be proven yet goes to: greeted without the
-/// account's name, which whoever registered the address chose.
-pub fn unproven(user: &User) -> Recipient {
-    Recipient {
-        name: "there".into(),
-        ..Recipient::from(user)
-    }
-}
-
 /// Queues a message carrying a fresh one-time token for `purpose`, inside the caller's
 /// transaction (the token row and the message commit together).
 pub async fn queue_token_mail(
@@ -91,7 +82,7 @@ pub async fn queue_token_mail(
     email::queue(
         conn,
         state,
-        Mail::new(purpose.template(), unproven(user), json!({})).with_token(token),
+        Mail::new(purpose.template(), user, json!({})).with_token(token),
     )
     .await?;
     Ok(())
@@ -146,12 +137,13 @@ pub async fn verify_email(state: &AppState, token: &str) -> AppResult<()> {
             if user.email_verified_at.is_none() {
                 users::mark_verified(conn, user.id, now).await?;
                 if state.settings.mail.require_verified_email {
-                    email::queue(
-                        conn,
-                        state,
-                        Mail::new(EmailTemplate::Welcome, &user, json!({})),
-                    )
-                    .await?;
+                    // Proven now: greeted by name.
+                    let to = Recipient {
+                        name: user.name.clone(),
+                        ..Recipient::from(&user)
+                    };
+                    let welcome = Mail::new(EmailTemplate::Welcome, to, json!({}));
+                    email::queue(conn, state, welcome).await?;
                 }
             }
             Ok::<_, AppError>(user)

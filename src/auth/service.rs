@@ -8,7 +8,7 @@ use validator::Validate;
 use serde_json::json;
 
 use super::email_tokens::Purpose;
-use super::recovery::{queue_token_mail, retire_reset_links, under_address_cap, unproven};
+use super::recovery::{queue_token_mail, retire_reset_links, under_address_cap};
 use super::{Identity, model, new_opaque_token, password, token_hash};
 use crate::db::Conn;
 use crate::email::{self, EmailTemplate, Mail};
@@ -90,7 +90,7 @@ pub async fn register(
                 .await
                 .map_err(conflict_if_duplicate(EMAIL_TAKEN))?;
             queue_token_mail(conn, state, &user, Purpose::VerifyEmail).await?;
-            let welcome = Mail::new(EmailTemplate::Welcome, unproven(&user), json!({}));
+            let welcome = Mail::new(EmailTemplate::Welcome, &user, json!({}));
             email::queue(conn, state, welcome).await?;
             let (session_id, refresh) = start_session(conn, state, user.id, client).await?;
             Ok::<_, AppError>((user, session_id, refresh))

@@ -153,6 +153,20 @@ pub async fn abandon(conn: &mut Conn, id: Uuid, why: &str) -> QueryResult<()> {
         .map(drop)
 }
 
+/// QUEUED messages that no `email.send` job will ever send (a crash between a job's end and
+/// the message's): FAILED, where administrators see them. Returns how many.
+pub async fn fail_orphans(conn: &mut Conn) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE email_outbox o SET status = 'FAILED',
+             last_error = 'no job was left to send it (a worker stopped at the wrong moment)'
+         WHERE o.status = 'QUEUED' AND NOT EXISTS (
+             SELECT 1 FROM jobs j WHERE j.kind = 'email.send' AND j.status IN ('QUEUED', 'RUNNING')
+               AND j.payload->>'emailId' = o.id::text)",
+    )
+    .execute(conn)
+    .await
+}
+
 /// Sealed one-time links older than `before` (dead by now) are erased from unsent messages.
 pub async fn erase_dead_links(conn: &mut Conn, before: DateTime<Utc>) -> QueryResult<usize> {
     diesel::update(

@@ -28,11 +28,17 @@ pub struct Recipient {
 }
 
 impl From<&User> for Recipient {
+    /// An address nobody proved yet is greeted without the account's name: whoever
+    /// registered it chose that name.
     fn from(user: &User) -> Self {
+        let name = match user.email_verified_at {
+            Some(_) => user.name.clone(),
+            None => "there".into(),
+        };
         Recipient {
             user_id: Some(user.id),
             email: user.email.clone(),
-            name: user.name.clone(),
+            name,
         }
     }
 }
@@ -247,8 +253,7 @@ pub async fn deliver(state: &AppState, id: Uuid, last_try: bool) -> anyhow::Resu
         return Ok(());
     }
     if let Some(ttl) = email.template.link_ttl()
-        && email.secret.is_some()
-        && email.created_at + ttl <= Utc::now()
+        && (email.secret.is_none() || email.created_at + ttl <= Utc::now())
     {
         model::abandon(
             &mut conn,

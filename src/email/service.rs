@@ -28,12 +28,20 @@ pub async fn list(
 }
 
 /// Queues a FAILED message again (audited). A message that is queued or sent already is a
-/// CONFLICT: retrying never sends a message twice.
+/// CONFLICT: retrying never sends a message twice; so is one whose one-time link expired.
 pub async fn retry(state: &AppState, identity: &Identity, id: Uuid) -> AppResult<Email> {
     let actor = identity.admin()?;
     let max_attempts = state.settings.mail.max_attempts;
     let email = audited(state, actor, "email.retry", "email", move |conn| {
         async move {
+            if let Some(e) = model::find(conn, id).await?
+                && let Some(ttl) = e.template.link_ttl()
+                && e.created_at + ttl <= chrono::Utc::now()
+            {
+                return Err(AppError::Conflict(
+                    "its one-time link has expired: the user can ask for a new one".into(),
+                ));
+            }
             let Some(email) = model::requeue_failed(conn, id).await? else {
                 return Err(match model::find(conn, id).await? {
                     None => AppError::NotFound("no such email".into()),
@@ -43,13 +51,10 @@ pub async fn retry(state: &AppState, identity: &Identity, id: Uuid) -> AppResult
                     )),
                 });
             };
-            enqueue_send(
-                conn,
-                max_attempts,
-                id,
-                &format!(":retry:{}", email.attempts),
-            )
-            .await?;
+            // A key of its own per retry: the row's FAILED -> QUEUED step already makes
+            // concurrent retries of one message one.
+            let round = format!(":retry:{}", Uuid::new_v4().simple());
+            enqueue_send(conn, max_attempts, id, &round).await?;
             let metadata =
                 json!({ "template": email.template.as_str(), "attempts": email.attempts });
             Ok((email, Some(id), metadata))

@@ -113,11 +113,13 @@ pub async fn metrics(state: web::Data<AppState>, req: actix_web::HttpRequest) ->
         state.events.subscribers() as u64,
     );
     // Mail waiting or given up: what an operator alerts on (a mail server down, a rejected login).
-    let outbox = async {
+    // At most a second: the other figures matter most when the database is the trouble.
+    let outbox = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         let mut conn = state.pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok::<_, anyhow::Error>(crate::email::model::unsent_counts(&mut conn).await?)
-    }
-    .await;
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")));
     match outbox {
         Ok((queued, failed)) => {
             let _ = writeln!(

@@ -49,6 +49,10 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
                 crate::auth::email_tokens::prune(&mut conn, state.clock.now() - day).await?;
             let sent = crate::email::model::prune_sent(&mut conn, Utc::now() - day * 90).await?;
             crate::email::model::erase_dead_links(&mut conn, Utc::now() - day).await?;
+            let orphans = crate::email::model::fail_orphans(&mut conn).await?;
+            if orphans > 0 {
+                tracing::warn!(orphans, "queued mail without a job marked FAILED");
+            }
             tracing::info!(
                 tokens,
                 sent,

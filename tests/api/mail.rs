@@ -354,27 +354,35 @@ async fn a_running_mail_server_stopped_then_started_again_gets_the_reset_sent_me
 }
 
 #[tokio::test]
-async fn a_send_whose_last_try_was_lost_is_failed_and_can_be_retried() {
-    // No workers: the test plays a worker that died holding the last try.
+async fn a_send_whose_last_try_was_lost_is_failed_and_can_be_retried_again_and_again() {
+    // No workers: the test plays a worker that died holding the last try, twice.
     let smtp = SmtpServer::new();
     let app = app_mailing_to(&smtp.url(), &[("PODIUM_JOBS_ENABLED", "false")]).await;
     let admin = app.admin().await;
     let (_, email) = app.register("Pia").await;
-    {
-        use diesel_async::RunQueryDsl;
-        let mut conn = app.state.pool.get().await.unwrap();
-        diesel::sql_query(
+    let lose_the_last_try = async || {
+        sql(
+            &app,
             "UPDATE jobs SET status = 'RUNNING', attempts = max_attempts, locked_by = 'dead',
                  lease_expires_at = now() - interval '1 second'
-             WHERE kind = 'email.send'",
+             WHERE kind = 'email.send' AND status = 'QUEUED'",
         )
-        .execute(&mut conn)
+        .await;
+        podium::jobs::runner::run_one(&app.state, "survivor")
+            .await
+            .unwrap();
+    };
+    let retry = async |id: uuid::Uuid| {
+        app.gql(
+            Some(&admin.access),
+            "mutation($id: ID!) { retryEmail(id: $id) { status } }",
+            json!({ "id": id }),
+        )
         .await
-        .unwrap();
-    }
-    podium::jobs::runner::run_one(&app.state, "survivor")
-        .await
-        .unwrap();
+        .ok()
+        .str("retryEmail.status")
+    };
+    lose_the_last_try().await;
     let rows = outbox_to(&app, &email).await;
     assert_eq!(rows.len(), 2);
     assert!(
@@ -384,15 +392,74 @@ async fn a_send_whose_last_try_was_lost_is_failed_and_can_be_retried() {
                 .is_some_and(|e| e.contains("last try was lost"))),
         "{rows:?}"
     );
+    let id = rows[1].id;
+    assert_eq!(retry(id).await, "QUEUED");
+    lose_the_last_try().await;
+    assert_eq!(retry(id).await, "QUEUED", "FAILED again, and retried again");
+    let waiting = sql_count(
+        &app,
+        &format!(
+            "SELECT count(*) AS n FROM jobs WHERE kind = 'email.send' AND status = 'QUEUED' AND payload->>'emailId' = '{id}'"
+        ),
+    )
+    .await;
+    assert_eq!(waiting, 1, "the second retry has a job to send it");
+}
+
+#[tokio::test]
+async fn a_link_that_died_while_its_message_waited_is_not_sent_nor_retried() {
+    let app = app_mailing_to(&shared_smtp_url(), &[("PODIUM_JOBS_ENABLED", "false")]).await;
+    let admin = app.admin().await;
+    let (_, email) = app.register("Rae").await;
+    sql(
+        &app,
+        "UPDATE email_outbox SET created_at = now() - interval '25 hours' WHERE template = 'VERIFY_EMAIL'",
+    )
+    .await;
+    while podium::jobs::runner::run_one(&app.state, "worker")
+        .await
+        .unwrap()
+    {}
+    Mailbox::shared()
+        .wait_for(&email, "Welcome to Podium")
+        .await;
+    let rows = outbox_to(&app, &email).await;
+    let verify = rows.iter().find(|r| r.template == "VERIFY_EMAIL").unwrap();
+    assert_eq!(verify.status, "FAILED");
+    assert!(verify.last_error.as_deref().unwrap().contains("expired"));
+    assert!(
+        !Mailbox::shared()
+            .to(&email)
+            .iter()
+            .any(|m| m.subject.contains("Confirm")),
+        "a dead link is not mailed"
+    );
     let retried = app
         .gql(
             Some(&admin.access),
             "mutation($id: ID!) { retryEmail(id: $id) { status } }",
-            json!({ "id": rows[0].id }),
+            json!({ "id": verify.id }),
         )
-        .await
-        .ok();
-    assert_eq!(retried.data("retryEmail.status"), "QUEUED");
+        .await;
+    assert_eq!(retried.code(), "CONFLICT");
+}
+
+#[tokio::test]
+async fn queued_mail_that_no_job_will_send_is_failed_by_the_clean_up() {
+    let app = spawn_app_with(&[("PODIUM_JOBS_ENABLED", "false")]).await;
+    let (_, email) = app.register("Sol").await;
+    sql(&app, "DELETE FROM jobs WHERE kind = 'email.send'").await;
+    let mut conn = app.state.pool.get().await.unwrap();
+    assert_eq!(
+        podium::email::model::fail_orphans(&mut conn).await.unwrap(),
+        2
+    );
+    assert!(
+        outbox_to(&app, &email)
+            .await
+            .iter()
+            .all(|r| r.status == "FAILED")
+    );
 }
 
 #[tokio::test]

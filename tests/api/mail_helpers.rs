@@ -281,3 +281,29 @@ pub async fn mail_requests_done(app: &crate::helpers::TestApp) {
     })
     .await;
 }
+
+/// Runs one statement against the app's database.
+pub async fn sql(app: &crate::helpers::TestApp, statement: &str) {
+    use diesel_async::RunQueryDsl;
+    let mut conn = app.state.pool.get().await.unwrap();
+    diesel::sql_query(statement)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// The `n` column of a `SELECT count(*) AS n ...`.
+pub async fn sql_count(app: &crate::helpers::TestApp, query: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Counted {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = app.state.pool.get().await.unwrap();
+    diesel::sql_query(query)
+        .get_result::<Counted>(&mut conn)
+        .await
+        .unwrap()
+        .n
+}

@@ -429,6 +429,8 @@ async fn a_top_up_by_card_mails_the_amount_and_the_new_balance() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_instance_is_mailed_unless_its_owner_switched_instance_alerts_off() {
     let app = smtp_app().await;
+    // One hour for the whole test: a failure alert goes at most once per clock hour.
+    app.state.clock.stop();
     let admin = app.admin().await;
     ready_node(&app, &admin, "node-a", 16).await;
     let service = app
