@@ -154,6 +154,9 @@ pub struct Settings {
 pub struct MailSettings {
     /// `PODIUM_SMTP_URL`; without it, messages are written as files under `dir`.
     pub smtp_url: Option<Secret>,
+    /// `PODIUM_SMTP_CA_FILE`: PEM root certificates to trust for the mail server's TLS, on
+    /// top of the public ones (a private CA, a self-signed relay).
+    pub smtp_ca_file: Option<PathBuf>,
     /// `PODIUM_MAIL_FROM`: the From of every message.
     pub from: String,
     /// Where the file transport writes (`<PODIUM_DATA_DIR>/mail`).
@@ -403,6 +406,7 @@ fn mail_settings(
     }
     Ok(MailSettings {
         smtp_url: smtp_url.map(Secret),
+        smtp_ca_file: env.get("PODIUM_SMTP_CA_FILE").map(PathBuf::from),
         from,
         dir: data_dir.join("mail"),
         portal_url: portal_url.trim_end_matches('/').to_string(),

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::MailSettings;
@@ -38,18 +39,48 @@ pub fn smtp_url(url: &str) -> Option<String> {
     }
 }
 
+/// The host of an SMTP URL (what its certificate must name).
+fn smtp_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host_port.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
 impl Transport {
     pub fn from_settings(settings: &MailSettings) -> anyhow::Result<Self> {
         let Some(url) = &settings.smtp_url else {
             return Ok(Transport::Files(settings.dir.clone()));
         };
         let url = smtp_url(url).context("PODIUM_SMTP_URL is not an SMTP URL")?;
-        let smtp = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
+        let mut smtp = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             // The URL holds the password: never put it in the error.
             .map_err(|_| anyhow::anyhow!("PODIUM_SMTP_URL could not be parsed"))?
-            .timeout(Some(Duration::from_secs(20)))
-            .build();
-        Ok(Transport::Smtp(smtp))
+            .timeout(Some(Duration::from_secs(20)));
+        if let Some(file) = &settings.smtp_ca_file {
+            let pem = std::fs::read(file)
+                .with_context(|| format!("reading PODIUM_SMTP_CA_FILE {}", file.display()))?;
+            let roots = Certificate::from_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("PODIUM_SMTP_CA_FILE {}: {e}", file.display()))?;
+            let host = smtp_host(&url).context("PODIUM_SMTP_URL has no host")?;
+            let tls = TlsParameters::builder(host)
+                .add_root_certificate(roots)
+                .build()
+                .map_err(|e| anyhow::anyhow!("TLS for PODIUM_SMTP_URL: {e}"))?;
+            // The same TLS as the URL asks for, trusting the given roots too.
+            smtp = if url.starts_with("smtps://") {
+                smtp.tls(Tls::Wrapper(tls))
+            } else if url.contains("tls=required") {
+                smtp.tls(Tls::Required(tls))
+            } else {
+                smtp
+            };
+        }
+        Ok(Transport::Smtp(smtp.build()))
     }
 
     /// What the startup log says about it (no credentials).
@@ -118,6 +149,17 @@ async fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<Path
 #[cfg(test)]
 mod tests {
     use super::smtp_url;
+
+    #[test]
+    fn the_host_is_what_the_certificate_must_name() {
+        use super::smtp_host;
+        assert_eq!(
+            smtp_host("smtp://u:p@mail.example.com:587?tls=required").as_deref(),
+            Some("mail.example.com")
+        );
+        assert_eq!(smtp_host("smtps://127.0.0.1").as_deref(), Some("127.0.0.1"));
+        assert_eq!(smtp_host("smtps://[::1]:465").as_deref(), Some("::1"));
+    }
 
     #[test]
     fn smtp_urls_take_our_three_schemes() {

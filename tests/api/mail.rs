@@ -318,6 +318,37 @@ async fn a_mail_server_that_is_down_delays_mail_and_loses_none() {
     );
 }
 
+#[tokio::test]
+async fn mail_goes_over_starttls_or_tls_to_a_server_whose_certificate_chains_to_the_given_ca() {
+    for implicit in [false, true] {
+        let mut smtp = SmtpServer::new();
+        let ca = smtp.use_tls(implicit);
+        smtp.start().await;
+        let scheme = if implicit { "smtps" } else { "smtp+starttls" };
+        let url = format!("{scheme}://127.0.0.1:{}", smtp.port());
+        let app = app_mailing_to(&url, &[("PODIUM_SMTP_CA_FILE", ca.to_str().unwrap())]).await;
+        let (_, email) = app.register("Tess").await;
+        // aiosmtpd with a STARTTLS certificate refuses mail until the session is encrypted.
+        smtp.mailbox()
+            .wait_for(&email, "Confirm your email address")
+            .await;
+
+        // Without the CA, the certificate is not trusted: nothing goes, the message waits.
+        let untrusting = app_mailing_to(&url, &[]).await;
+        let (_, email) = untrusting.register("Tess").await;
+        eventually("a refused certificate recorded", || async {
+            outbox_to(&untrusting, &email).await.iter().any(|r| {
+                r.status == "QUEUED"
+                    && r.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("certificate"))
+            })
+        })
+        .await;
+        assert!(smtp.mailbox().to(&email).is_empty(), "{scheme}");
+    }
+}
+
 const OUTBOX: &str = "query($s: EmailStatus) { emailOutbox(first: 50, status: $s) { totalCount edges { node { id recipient template subject status attempts lastError } } } }";
 
 #[tokio::test]

@@ -158,6 +158,8 @@ pub struct SmtpServer {
     port: u16,
     dir: PathBuf,
     child: Option<std::process::Child>,
+    /// aiosmtpd's TLS arguments, when it speaks TLS.
+    tls: Vec<String>,
 }
 
 impl SmtpServer {
@@ -175,7 +177,101 @@ impl SmtpServer {
             port,
             dir,
             child: None,
+            tls: Vec::new(),
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Makes it speak TLS (from the start with `implicit`, else STARTTLS, which it then
+    /// requires before any mail) with a certificate for 127.0.0.1 issued by a CA of its
+    /// own; returns that CA's PEM file.
+    pub fn use_tls(&mut self, implicit: bool) -> PathBuf {
+        let certs = self.dir.with_extension("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&certs)
+                .output()
+                .expect("running openssl");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=Podium test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            certs.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        let (cert, key) = if implicit {
+            ("--smtpscert", "--smtpskey")
+        } else {
+            ("--tlscert", "--tlskey")
+        };
+        self.tls = vec![
+            cert.into(),
+            certs.join("cert.pem").to_string_lossy().into_owned(),
+            key.into(),
+            certs.join("key.pem").to_string_lossy().into_owned(),
+        ];
+        certs.join("ca.pem")
     }
 
     pub fn url(&self) -> String {
@@ -193,6 +289,7 @@ impl SmtpServer {
         let child = std::process::Command::new(python)
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.tls)
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())
@@ -226,6 +323,7 @@ impl Drop for SmtpServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(self.dir.with_extension("certs"));
     }
 }
 
