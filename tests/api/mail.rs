@@ -721,3 +721,37 @@ async fn without_a_portal_podiums_own_pages_complete_verification_and_reset() {
     assert!(done.text().await.unwrap().contains("Password changed"));
     app.login(&email, "BrandNew-456").await;
 }
+
+#[tokio::test]
+async fn notification_switches_are_the_callers_own() {
+    let app = spawn_app().await;
+    let (user, _) = app.register("Uma").await;
+    let read = "{ myNotificationPreferences { instanceAlerts renewalReminders } }";
+    assert_eq!(
+        app.gql(None, read, json!({})).await.code(),
+        "UNAUTHENTICATED"
+    );
+    let defaults = app.gql(Some(&user.access), read, json!({})).await.ok();
+    assert_eq!(
+        defaults.0["data"]["myNotificationPreferences"],
+        json!({ "instanceAlerts": true, "renewalReminders": true })
+    );
+    let update = "mutation($i: NotificationPreferencesInput!) { updateNotificationPreferences(input: $i) { instanceAlerts renewalReminders } }";
+    let off = json!({ "i": { "renewalReminders": false } });
+    assert_eq!(
+        app.gql(None, update, off.clone()).await.code(),
+        "UNAUTHENTICATED"
+    );
+    let changed = app.gql(Some(&user.access), update, off).await.ok();
+    assert_eq!(
+        changed.0["data"]["updateNotificationPreferences"],
+        json!({ "instanceAlerts": true, "renewalReminders": false }),
+        "an omitted switch stays as it was"
+    );
+    let (other, _) = app.register("Vic").await;
+    let theirs = app.gql(Some(&other.access), read, json!({})).await.ok();
+    assert_eq!(
+        theirs.0["data"]["myNotificationPreferences"]["renewalReminders"], true,
+        "one user's switch is not another's"
+    );
+}

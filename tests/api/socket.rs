@@ -344,3 +344,27 @@ async fn open_sockets_are_capped_per_address() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_of_a_demoted_administrator_reads_and_retries_no_mail() {
+    let app = spawn_app().await;
+    let admin = app.admin().await;
+    let (second, _) = create_admin(&app, &admin).await;
+    let mut ws = open_socket(&app, &second.access).await;
+    let outbox = "{ emailOutbox(first: 5) { totalCount edges { node { recipient subject } } } }";
+    let retry = format!(
+        "mutation {{ retryEmail(id: \"{}\") {{ id }} }}",
+        uuid::Uuid::new_v4()
+    );
+    assert_eq!(operation_codes(&mut ws, outbox, 1).await, ["OK"]);
+    assert_eq!(operation_codes(&mut ws, &retry, 1).await, ["NOT_FOUND"]);
+    app.gql(
+        Some(&admin.access),
+        "mutation($id: ID!) { updateUser(id: $id, input: {role: USER}) { role } }",
+        json!({ "id": second.user_id }),
+    )
+    .await
+    .ok();
+    assert_eq!(operation_codes(&mut ws, outbox, 1).await, ["FORBIDDEN"]);
+    assert_eq!(operation_codes(&mut ws, &retry, 1).await, ["FORBIDDEN"]);
+}
