@@ -154,6 +154,9 @@ pub struct Settings {
 pub struct MailSettings {
     /// `PODIUM_SMTP_URL`; without it, messages are written as files under `dir`.
     pub smtp_url: Option<Secret>,
+    /// `PODIUM_SMTP_TIMEOUT_SECS`: the longest one message may take to hand over, all of it
+    /// (connecting, TLS, sign-in, sending); a server that stalls costs a retry, not a worker.
+    pub smtp_timeout: Duration,
     /// `PODIUM_SMTP_CA_FILE`: PEM root certificates to trust for the mail server's TLS, on
     /// top of the public ones (a private CA, a self-signed relay).
     pub smtp_ca_file: Option<PathBuf>,
@@ -407,6 +410,7 @@ fn mail_settings(
     Ok(MailSettings {
         smtp_url: smtp_url.map(Secret),
         smtp_ca_file: env.get("PODIUM_SMTP_CA_FILE").map(PathBuf::from),
+        smtp_timeout: Duration::from_secs(env.positive("PODIUM_SMTP_TIMEOUT_SECS", 60)?),
         from,
         dir: data_dir.join("mail"),
         portal_url: portal_url.trim_end_matches('/').to_string(),

@@ -10,7 +10,11 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use crate::config::MailSettings;
 
 pub enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp {
+        smtp: AsyncSmtpTransport<Tokio1Executor>,
+        /// A bound on one whole hand-over: lettre's own timeout covers single steps only.
+        timeout: Duration,
+    },
     /// One `.eml` file per message in this directory.
     Files(PathBuf),
 }
@@ -60,7 +64,7 @@ impl Transport {
         let mut smtp = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             // The URL holds the password: never put it in the error.
             .map_err(|_| anyhow::anyhow!("PODIUM_SMTP_URL could not be parsed"))?
-            .timeout(Some(Duration::from_secs(20)));
+            .timeout(Some(settings.smtp_timeout));
         if let Some(file) = &settings.smtp_ca_file {
             let pem = std::fs::read(file)
                 .with_context(|| format!("reading PODIUM_SMTP_CA_FILE {}", file.display()))?;
@@ -80,13 +84,16 @@ impl Transport {
                 smtp
             };
         }
-        Ok(Transport::Smtp(smtp.build()))
+        Ok(Transport::Smtp {
+            smtp: smtp.build(),
+            timeout: settings.smtp_timeout,
+        })
     }
 
     /// What the startup log says about it (no credentials).
     pub fn describe(&self) -> String {
         match self {
-            Transport::Smtp(_) => "SMTP (PODIUM_SMTP_URL)".into(),
+            Transport::Smtp { .. } => "SMTP (PODIUM_SMTP_URL)".into(),
             Transport::Files(dir) => format!("files under {}", dir.display()),
         }
     }
@@ -94,15 +101,22 @@ impl Transport {
     /// Hands the message over; `name` keeps file names unique and sortable.
     pub async fn send(&self, message: &Message, name: &str) -> Result<(), SendError> {
         match self {
-            Transport::Smtp(smtp) => smtp.send(message.clone()).await.map(drop).map_err(|e| {
-                // Only a refusal of this message or recipient is final: a 5xx at the greeting
-                // or at AUTH (a rotated password, maintenance) would otherwise fail every
-                // message at once, so those are retried like an outage.
-                match e.status().map(u16::from) {
-                    Some(550..=553) => SendError::Permanent(e.to_string()),
-                    _ => SendError::Transient(e.to_string()),
+            Transport::Smtp { smtp, timeout } => {
+                match tokio::time::timeout(*timeout, smtp.send(message.clone())).await {
+                    Ok(Ok(_)) => Ok(()),
+                    // Only a refusal of this message or recipient is final: a 5xx at the
+                    // greeting or at AUTH (a rotated password, maintenance) would otherwise
+                    // fail every message at once, so those are retried like an outage.
+                    Ok(Err(e)) => match e.status().map(u16::from) {
+                        Some(550..=553) => Err(SendError::Permanent(e.to_string())),
+                        _ => Err(SendError::Transient(e.to_string())),
+                    },
+                    Err(_) => Err(SendError::Transient(format!(
+                        "the mail server did not finish within {} s",
+                        timeout.as_secs()
+                    ))),
                 }
-            }),
+            }
             Transport::Files(dir) => write_file(dir, name, &message.formatted())
                 .await
                 .map(|path| {

@@ -349,6 +349,64 @@ async fn mail_goes_over_starttls_or_tls_to_a_server_whose_certificate_chains_to_
     }
 }
 
+#[tokio::test]
+async fn mail_signs_in_to_the_server_with_the_urls_credentials_after_starttls() {
+    let mut smtp = SmtpServer::new();
+    let ca = smtp.use_tls(false);
+    smtp.require_login("podium", "p@ss word");
+    smtp.start().await;
+    let ca = ca.to_str().unwrap();
+    let port = smtp.port();
+    let url = format!("smtp+starttls://podium:p%40ss%20word@127.0.0.1:{port}");
+    let app = app_mailing_to(&url, &[("PODIUM_SMTP_CA_FILE", ca)]).await;
+    let (_, email) = app.register("Wes").await;
+    smtp.mailbox()
+        .wait_for(&email, "Confirm your email address")
+        .await;
+
+    // A wrong password is refused (535): retried like an outage, nothing sent, and the
+    // password is in no error.
+    let url = format!("smtp+starttls://podium:Wr0ngSecret@127.0.0.1:{port}");
+    let refused = app_mailing_to(&url, &[("PODIUM_SMTP_CA_FILE", ca)]).await;
+    let (_, email) = refused.register("Wes").await;
+    eventually("a refused sign-in recorded", || async {
+        outbox_to(&refused, &email)
+            .await
+            .iter()
+            .any(|r| r.status == "QUEUED" && r.last_error.is_some())
+    })
+    .await;
+    let rows = outbox_to(&refused, &email).await;
+    assert!(
+        rows.iter().all(|r| !r
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("Wr0ngSecret")),
+        "{rows:?}"
+    );
+    assert!(smtp.mailbox().to(&email).is_empty());
+}
+
+#[tokio::test]
+async fn a_mail_server_that_stalls_costs_a_retry_not_a_worker() {
+    // Accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("smtp://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let app = app_mailing_to(&url, &[("PODIUM_SMTP_TIMEOUT_SECS", "1")]).await;
+    let (_, email) = app.register("Xan").await;
+    eventually("a stalled hand-over given up", || async {
+        outbox_to(&app, &email).await.iter().any(|r| {
+            r.status == "QUEUED"
+                && r.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("did not finish within 1 s"))
+        })
+    })
+    .await;
+    drop(silent);
+}
+
 const OUTBOX: &str = "query($s: EmailStatus) { emailOutbox(first: 50, status: $s) { totalCount edges { node { id recipient template subject status attempts lastError } } } }";
 
 #[tokio::test]

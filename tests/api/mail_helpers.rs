@@ -160,6 +160,8 @@ pub struct SmtpServer {
     child: Option<std::process::Child>,
     /// aiosmtpd's TLS arguments, when it speaks TLS.
     tls: Vec<String>,
+    /// The user and password it requires (`tests/fixtures/smtp_auth_server.py`, STARTTLS).
+    auth: Option<(String, String)>,
 }
 
 impl SmtpServer {
@@ -178,7 +180,13 @@ impl SmtpServer {
             dir,
             child: None,
             tls: Vec::new(),
+            auth: None,
         }
+    }
+
+    /// Makes it require this user and password, after STARTTLS (call `use_tls(false)` too).
+    pub fn require_login(&mut self, user: &str, password: &str) {
+        self.auth = Some((user.into(), password.into()));
     }
 
     pub fn port(&self) -> u16 {
@@ -286,12 +294,25 @@ impl SmtpServer {
     pub async fn start(&mut self) {
         let python = std::env::var("PODIUM_TEST_PYTHON")
             .expect("PODIUM_TEST_PYTHON is not set: run the tests with ./scripts/test");
-        let child = std::process::Command::new(python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(&self.tls)
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&self.dir)
+        let mut command = std::process::Command::new(python);
+        match &self.auth {
+            None => command
+                .args(["-m", "aiosmtpd", "-n", "-l"])
+                .arg(format!("127.0.0.1:{}", self.port))
+                .args(&self.tls)
+                .args(["-c", "aiosmtpd.handlers.Mailbox"])
+                .arg(&self.dir),
+            Some((user, password)) => command
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/smtp_auth_server.py"
+                ))
+                .arg(self.port.to_string())
+                .arg(&self.dir)
+                .args([user, password])
+                .args([&self.tls[1], &self.tls[3]]),
+        };
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
