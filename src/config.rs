@@ -382,6 +382,16 @@ fn mail_settings(
                 .into(),
         });
     }
+    if env.get("PODIUM_SMTP_CA_FILE").is_some()
+        && !smtp_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("smtps://") || u.starts_with("smtp+starttls://"))
+    {
+        return Err(ConfigError {
+            var: "PODIUM_SMTP_CA_FILE",
+            message: "is for TLS: PODIUM_SMTP_URL must be smtps:// or smtp+starttls://".into(),
+        });
+    }
     let from = env.get("PODIUM_MAIL_FROM").unwrap_or_else(|| {
         let host = public_url
             .split_once("://")
@@ -655,6 +665,35 @@ mod tests {
         let err = Settings::from_vars(vars(&[("DATABASE_URL", "postgres://x@localhost/db")]))
             .unwrap_err();
         assert_eq!(err.var, "PODIUM_JWT_SECRET");
+    }
+
+    #[test]
+    fn mail_settings_refuse_what_would_send_in_the_clear_or_nowhere() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert!(s.mail.smtp_url.is_none(), "files by default");
+        assert_eq!(s.mail.dir, PathBuf::from("./.data/mail"));
+        assert_eq!(s.mail.portal_url, s.public_url);
+        let err = |pairs: &[(&str, &str)]| Settings::from_vars(vars(pairs)).unwrap_err().var;
+        assert_eq!(
+            err(&[("PODIUM_SMTP_URL", "http://mail.example.com")]),
+            "PODIUM_SMTP_URL"
+        );
+        assert_eq!(
+            err(&[
+                ("PODIUM_SMTP_URL", "smtp://mail.example.com"),
+                ("PODIUM_SMTP_CA_FILE", "/etc/ca.pem"),
+            ]),
+            "PODIUM_SMTP_CA_FILE",
+            "a CA file with plain SMTP would be ignored"
+        );
+        assert_eq!(
+            err(&[("PODIUM_MAIL_FROM", "not an address")]),
+            "PODIUM_MAIL_FROM"
+        );
+        assert_eq!(
+            err(&[("PODIUM_PORTAL_URL", "portal.example.com")]),
+            "PODIUM_PORTAL_URL"
+        );
     }
 
     #[test]

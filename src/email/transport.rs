@@ -12,7 +12,7 @@ use crate::config::MailSettings;
 pub enum Transport {
     Smtp {
         smtp: AsyncSmtpTransport<Tokio1Executor>,
-        /// A bound on one whole hand-over: lettre's own timeout covers single steps only.
+        /// A bound on one whole hand-over: lettre's own timeout covers connecting only.
         timeout: Duration,
     },
     /// One `.eml` file per message in this directory.
@@ -60,6 +60,7 @@ impl Transport {
         let Some(url) = &settings.smtp_url else {
             return Ok(Transport::Files(settings.dir.clone()));
         };
+        let settings_url: &str = url;
         let url = smtp_url(url).context("PODIUM_SMTP_URL is not an SMTP URL")?;
         let mut smtp = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             // The URL holds the password: never put it in the error.
@@ -75,13 +76,12 @@ impl Transport {
                 .add_root_certificate(roots)
                 .build()
                 .map_err(|e| anyhow::anyhow!("TLS for PODIUM_SMTP_URL: {e}"))?;
-            // The same TLS as the URL asks for, trusting the given roots too.
-            smtp = if url.starts_with("smtps://") {
-                smtp.tls(Tls::Wrapper(tls))
-            } else if url.contains("tls=required") {
-                smtp.tls(Tls::Required(tls))
-            } else {
-                smtp
+            // The same TLS as the URL's scheme asks for, trusting the given roots too (the
+            // settings refuse a CA file with plain `smtp://`).
+            let scheme = settings_url.split_once("://").map_or("", |(s, _)| s);
+            smtp = match scheme {
+                "smtps" => smtp.tls(Tls::Wrapper(tls)),
+                _ => smtp.tls(Tls::Required(tls)),
             };
         }
         Ok(Transport::Smtp {
