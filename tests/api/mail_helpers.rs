@@ -426,3 +426,26 @@ pub async fn sql_count(app: &crate::helpers::TestApp, query: &str) -> i64 {
         .unwrap()
         .n
 }
+
+/// Waits (up to 20 s) until a message of `template` to `to` waits for another try after one
+/// that failed saying `error`.
+pub async fn waiting_after_error(
+    app: &crate::helpers::TestApp,
+    to: &str,
+    template: &str,
+    error: &str,
+) {
+    crate::helpers::eventually_within(
+        &format!("a {template} to {to} waiting after {error:?}"),
+        Duration::from_secs(20),
+        || async {
+            outbox_to(app, to).await.iter().any(|r| {
+                r.template == template
+                    && r.status == "QUEUED"
+                    && r.attempts >= 1
+                    && r.last_error.as_deref().is_some_and(|e| e.contains(error))
+            })
+        },
+    )
+    .await;
+}
