@@ -384,7 +384,7 @@ async fn a_running_mail_server_stopped_then_started_again_gets_the_reset_sent_me
     let app = app_mailing_to(&smtp.url(), &[]).await;
     let (_, email) = app.register("Ola").await;
     let mailbox = smtp.mailbox();
-    // Delivered while it runs: the transport's pool holds a connection to it.
+    // Delivered while it runs.
     mailbox.wait_for(&email, "Welcome to Podium").await;
     smtp.stop();
     app.gql(None, RESET, json!({ "e": email })).await.ok();
