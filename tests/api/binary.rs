@@ -51,11 +51,7 @@ impl Drop for TempDir {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::helpers::unused_port()
 }
 
 /// Runs `podium ARGS` with only the given Podium variables set, output to `log`.

@@ -111,6 +111,19 @@ pub fn test_settings(database_url: &str, overrides: &[(&str, &str)]) -> Settings
     Settings::from_vars(vars).expect("valid test settings")
 }
 
+/// A port for a process the test starts later (a `podium` binary, an aiosmtpd): free now,
+/// and below the kernel's ephemeral range (32768 and up), so that no test server binding
+/// port 0, and no outgoing connection, can take it in the meantime, as a port merely
+/// released by a `bind(0)` could be.
+pub fn unused_port() -> u16 {
+    loop {
+        let port = 20_000 + (Uuid::new_v4().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A cron expression that fires once a year, at midnight on January 1st.
 pub const NEVER: &str = "0 0 0 1 1 *";
 

@@ -167,11 +167,7 @@ pub struct SmtpServer {
 impl SmtpServer {
     /// A port nobody listens on yet, and a Maildir; not started.
     pub fn new() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::helpers::unused_port();
         // aiosmtpd makes the Maildir (it refuses one that exists without its subdirectories).
         let dir =
             std::env::temp_dir().join(format!("podium-smtp-{}", uuid::Uuid::new_v4().simple()));
