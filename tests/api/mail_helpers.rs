@@ -445,3 +445,11 @@ pub async fn waiting_after_error(
     )
     .await;
 }
+
+/// Waits until every message to `to` is marked SENT (which follows the server's acceptance).
+pub async fn all_sent(app: &crate::helpers::TestApp, to: &str) {
+    crate::helpers::eventually(&format!("every message to {to} SENT"), || async {
+        outbox_to(app, to).await.iter().all(|r| r.status == "SENT")
+    })
+    .await;
+}
