@@ -410,25 +410,33 @@ async fn listing_services_costs_the_same_queries_for_10_or_100() {
     .await
     .unwrap();
 
+    // The counter is the whole pool's: background work (node sync, the event tailer) may
+    // add to one measurement, never take away, so each cost is the least of three.
+    let cost = async |token: Option<&str>, first: i64| {
+        let mut least = u64::MAX;
+        for _ in 0..3 {
+            let before = app.state.queries.get();
+            let r = app
+                .gql(token, SERVICES, json!({ "first": first }))
+                .await
+                .ok();
+            least = least.min(app.state.queries.get() - before);
+            let edges = r.data("services.edges").as_array().unwrap();
+            assert_eq!(edges.len(), first as usize);
+            assert!(
+                edges
+                    .iter()
+                    .all(|e| e["node"]["plans"].as_array().unwrap().len() == 2
+                        && e["node"]["category"]["slug"].is_string())
+            );
+        }
+        least
+    };
     // An administrator's page is read from the database (customers' from memory, below).
     app.me(&admin.access).await.ok();
     let mut costs = Vec::new();
     for first in [10, 100] {
-        let before = app.state.queries.get();
-        let r = app
-            .gql(Some(&admin.access), SERVICES, json!({ "first": first }))
-            .await
-            .ok();
-        let after = app.state.queries.get();
-        let edges = r.data("services.edges").as_array().unwrap();
-        assert_eq!(edges.len(), first as usize);
-        assert!(
-            edges
-                .iter()
-                .all(|e| e["node"]["plans"].as_array().unwrap().len() == 2
-                    && e["node"]["category"]["slug"].is_string())
-        );
-        costs.push(after - before);
+        costs.push(cost(Some(&admin.access), first).await);
     }
     eprintln!("queries for 10 and for 100 services: {costs:?}");
     assert_eq!(
@@ -443,16 +451,7 @@ async fn listing_services_costs_the_same_queries_for_10_or_100() {
     // The anonymous page comes from the public catalog in memory, once loaded.
     app.gql(None, SERVICES, json!({ "first": 10 })).await.ok();
     for first in [10, 100] {
-        let before = app.state.queries.get();
-        let r = app
-            .gql(None, SERVICES, json!({ "first": first }))
-            .await
-            .ok();
-        assert_eq!(app.state.queries.get() - before, 0, "first: {first}");
-        assert_eq!(
-            r.data("services.edges").as_array().unwrap().len(),
-            first as usize
-        );
+        assert_eq!(cost(None, first).await, 0, "first: {first}");
     }
 }
 
