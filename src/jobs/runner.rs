@@ -114,6 +114,14 @@ async fn run(state: &AppState, job: &Job) -> anyhow::Result<()> {
     }
 }
 
+/// What a kind does once one of its jobs failed for good, its handler perhaps never having
+/// said so (its last try lost with its worker, a panic): like `run`, by kind.
+async fn given_up(conn: &mut crate::db::Conn, kind: &str, payload: &serde_json::Value, why: &str) {
+    if kind == crate::email::SEND_JOB {
+        crate::email::outbox::job_gave_up(conn, payload, why).await;
+    }
+}
+
 /// `diagnostic.sleep`, payload `{"ms": N, "panic": "message"}` (both optional): sleeps N
 /// milliseconds (at most ten minutes) while holding its lease, then panics with the message if
 /// one is given, else counts the run in `payload.completions`. Harmless, so always available:
@@ -195,13 +203,9 @@ pub async fn run_one(state: &AppState, worker: &str) -> anyhow::Result<bool> {
     for job in model::requeue_expired(&mut conn).await? {
         tracing::warn!(id = %job.id, kind = %job.kind, attempt = job.attempts,
             now = job.status.as_str(), "job lease expired: its worker stopped renewing it");
-        if job.status == model::JobStatus::Failed && job.kind == crate::email::SEND_JOB {
-            crate::email::outbox::job_gave_up(
-                &mut conn,
-                &job.payload,
-                "its last try was lost: the worker stopped (killed or stuck)",
-            )
-            .await;
+        if job.status == model::JobStatus::Failed {
+            let why = "its last try was lost: the worker stopped (killed or stuck)";
+            given_up(&mut conn, &job.kind, &job.payload, why).await;
         }
     }
     let Some(job) = model::claim(&mut conn, worker, state.settings.job_lease).await? else {
@@ -225,8 +229,8 @@ pub async fn run_one(state: &AppState, worker: &str) -> anyhow::Result<bool> {
             tracing::warn!(parent: &span, %error, "job failed");
             let retry_at = Utc::now() + backoff(job.attempts);
             let recorded = model::fail(&mut conn, &job, worker, &error, Some(retry_at)).await?;
-            if recorded && job.attempts >= job.max_attempts && job.kind == crate::email::SEND_JOB {
-                crate::email::outbox::job_gave_up(&mut conn, &job.payload, &error).await;
+            if recorded && job.attempts >= job.max_attempts {
+                given_up(&mut conn, &job.kind, &job.payload, &error).await;
             }
             recorded
         }

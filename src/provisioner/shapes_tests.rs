@@ -314,6 +314,14 @@ impl Server {
     }
 
     /// A GET of `path`, answered with `found` or a 404.
+    /// The last three applies of every pass: Service, Ingress, NetworkPolicy, in that order.
+    async fn apply_network(&mut self) {
+        self.apply(&path(SERVICES), &expected_service()).await;
+        self.apply(&path(INGRESSES), &expected_ingress()).await;
+        self.apply(&path(POLICIES), &expected_network_policy())
+            .await;
+    }
+
     async fn get(&mut self, path: &str, found: Option<Value>) {
         let what = format!("GET {path}");
         let (method, uri, _, body, reply) = self.next(&what).await;
@@ -407,9 +415,7 @@ async fn shapes_create_applies_every_object_in_order() {
         s.get(&path(CLAIMS), None).await;
         s.apply(&path(CLAIMS), &expected_claim("5Gi")).await;
         s.apply(&path(DEPLOYMENTS), &expected_deployment(1)).await;
-        s.apply(&path(SERVICES), &expected_service()).await;
-        s.apply(&path(INGRESSES), &expected_ingress()).await;
-        s.apply(&path(POLICIES), &expected_network_policy()).await;
+        s.apply_network().await;
     });
     run(
         async move {
@@ -459,9 +465,7 @@ async fn shapes_stop_applies_zero_replicas_with_the_same_template() {
             expected_deployment(1)["spec"]["template"],
             "stopping does not touch the pod template"
         );
-        s.apply(&path(SERVICES), &expected_service()).await;
-        s.apply(&path(INGRESSES), &expected_ingress()).await;
-        s.apply(&path(POLICIES), &expected_network_policy()).await;
+        s.apply_network().await;
     });
     run(
         async move {
@@ -494,9 +498,7 @@ async fn shapes_restart_annotates_the_pod_template() {
         expected["spec"]["template"]["metadata"]["annotations"] =
             json!({ "kubectl.kubernetes.io/restartedAt": "2026-11-22T19:30:00+00:00" });
         s.apply(&path(DEPLOYMENTS), &expected).await;
-        s.apply(&path(SERVICES), &expected_service()).await;
-        s.apply(&path(INGRESSES), &expected_ingress()).await;
-        s.apply(&path(POLICIES), &expected_network_policy()).await;
+        s.apply_network().await;
     });
     run(
         async move {
@@ -525,9 +527,7 @@ async fn shapes_a_claim_keeps_a_bigger_size() {
         s.get(&path(CLAIMS), Some(expected_claim("20Gi"))).await;
         s.apply(&path(CLAIMS), &expected_claim("20Gi")).await;
         s.apply(&path(DEPLOYMENTS), &expected_deployment(1)).await;
-        s.apply(&path(SERVICES), &expected_service()).await;
-        s.apply(&path(INGRESSES), &expected_ingress()).await;
-        s.apply(&path(POLICIES), &expected_network_policy()).await;
+        s.apply_network().await;
     });
     run(
         async move {

@@ -229,13 +229,7 @@ async fn a_demotion_through_one_instance_applies_at_once_there_and_within_ms_on_
         .ok();
     warm(&a, &b, &second.access).await;
 
-    a.gql(
-        Some(&admin.access),
-        "mutation($id: ID!) { updateUser(id: $id, input: {role: USER}) { role } }",
-        json!({ "id": id }),
-    )
-    .await
-    .ok();
+    a.demote(&admin, &id).await;
     assert_eq!(
         a.gql(Some(&second.access), ADMIN_ONLY, json!({}))
             .await

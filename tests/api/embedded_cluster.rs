@@ -96,12 +96,25 @@ fn deployment(name: &str, image: &str, node: &str, replicas: i32) -> Deployment 
     }))
 }
 
-async fn apply_deployment(client: &kube::Client, d: &Deployment) -> Deployment {
-    let name = d.metadata.name.clone().unwrap();
-    Api::<Deployment>::namespaced(client.clone(), NS)
-        .patch(&name, &apply(), &Patch::Apply(d))
+/// Server-side applies a namespaced object under its own name, as Podium's field manager.
+async fn apply_object<K>(client: &kube::Client, object: &K) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let name = object.meta().name.clone().expect("a named object");
+    Api::<K>::namespaced(client.clone(), NS)
+        .patch(&name, &apply(), &Patch::Apply(object))
         .await
-        .expect("applying the deployment")
+        .unwrap_or_else(|e| panic!("applying {name}: {e}"))
+}
+
+async fn apply_deployment(client: &kube::Client, d: &Deployment) -> Deployment {
+    apply_object(client, d).await
 }
 
 async fn pods_of(client: &kube::Client, app: &str) -> Vec<Pod> {
@@ -426,10 +439,7 @@ async fn embedded_cluster_deletes_cascade_to_pods_and_namespace_contents() {
     let secret: Secret = from(json!({ "apiVersion": "v1", "kind": "Secret",
         "metadata": { "name": "creds", "namespace": NS }, "stringData": { "password": "x" } }));
     let secrets = Api::<Secret>::namespaced(client.clone(), NS);
-    secrets
-        .patch("creds", &apply(), &Patch::Apply(&secret))
-        .await
-        .unwrap();
+    apply_object(&client, &secret).await;
     eventually("a pod", || async {
         (!pods_of(&client, "api").await.is_empty()).then_some(())
     })
@@ -746,26 +756,11 @@ async fn embedded_cluster_stores_every_kind_the_adapter_writes_and_answers_error
         json!({ "apiVersion": "v1", "kind": "Secret", "metadata": meta("creds"),
         "stringData": { "password": "s3cret" } }),
     );
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
-        .patch("data", &apply(), &Patch::Apply(&pvc))
-        .await
-        .unwrap();
-    Api::<Service>::namespaced(client.clone(), NS)
-        .patch("db", &apply(), &Patch::Apply(&svc))
-        .await
-        .unwrap();
-    Api::<Ingress>::namespaced(client.clone(), NS)
-        .patch("db", &apply(), &Patch::Apply(&ingress))
-        .await
-        .unwrap();
-    Api::<NetworkPolicy>::namespaced(client.clone(), NS)
-        .patch("isolate", &apply(), &Patch::Apply(&policy))
-        .await
-        .unwrap();
-    Api::<Secret>::namespaced(client.clone(), NS)
-        .patch("creds", &apply(), &Patch::Apply(&secret))
-        .await
-        .unwrap();
+    apply_object(&client, &pvc).await;
+    apply_object(&client, &svc).await;
+    apply_object(&client, &ingress).await;
+    apply_object(&client, &policy).await;
+    apply_object(&client, &secret).await;
 
     let selector =
         ListParams::default().labels("podium.io/instance=i1,app.kubernetes.io/managed-by");

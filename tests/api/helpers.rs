@@ -317,6 +317,17 @@ impl TestApp {
         )
     }
 
+    /// `admin` makes the account a USER (it stays active and signed in).
+    pub async fn demote(&self, admin: &Session, user_id: &str) {
+        self.gql(
+            Some(&admin.access),
+            "mutation($id: ID!) { updateUser(id: $id, input: {role: USER}) { role } }",
+            json!({ "id": user_id }),
+        )
+        .await
+        .ok();
+    }
+
     pub async fn me(&self, token: &str) -> Gql {
         self.gql(Some(token), "{ me { id email role isActive } }", json!({}))
             .await

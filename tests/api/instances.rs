@@ -54,6 +54,20 @@ pub async fn ready_node(app: &TestApp, admin: &Session, name: &str, cpu: i32) ->
 
 /// A funded customer subscribed to a plan of `service`; returns (customer,
 /// subscription id, instance id).
+/// Subscribes `user` to `plan` with an instance called `name`: (subscription id, instance id).
+pub async fn subscribed_ids(
+    app: &TestApp,
+    user: &Session,
+    plan: &str,
+    name: &str,
+) -> (String, String) {
+    let r = subscribe(app, user, plan, name).await.ok();
+    (
+        r.str("subscribe.subscription.id"),
+        r.str("subscribe.instance.id"),
+    )
+}
+
 pub async fn customer_with_instance(
     app: &TestApp,
     admin: &Session,
@@ -62,14 +76,8 @@ pub async fn customer_with_instance(
 ) -> (Session, String, String) {
     let user = funded_user(app, admin, "owner", "500000").await;
     let plan = plan_id(app, service, plan).await;
-    let r = subscribe(app, &user, &plan, &format!("my {service}"))
-        .await
-        .ok();
-    (
-        user,
-        r.str("subscribe.subscription.id"),
-        r.str("subscribe.instance.id"),
-    )
+    let (sub, id) = subscribed_ids(app, &user, &plan, &format!("my {service}")).await;
+    (user, sub, id)
 }
 
 pub async fn instance(app: &TestApp, s: &Session, id: &str) -> Value {
@@ -379,11 +387,7 @@ async fn billing_suspension_scales_to_zero_recovery_scales_back_and_expiry_remov
     ready_node(&app, &admin, "node-a", 8).await;
     let user = funded_user(&app, &admin, "debtor", "30000").await;
     let plan = plan_id(&app, "ghost", "Basic").await;
-    let r = subscribe(&app, &user, &plan, "journal").await.ok();
-    let (sub, id) = (
-        r.str("subscribe.subscription.id"),
-        r.str("subscribe.instance.id"),
-    );
+    let (sub, id) = subscribed_ids(&app, &user, &plan, "journal").await;
     let i = wait_status(&app, &user, &id, "RUNNING").await;
     let (ns, name) = names(&user, &i);
     let period_end = || async {
@@ -782,13 +786,7 @@ async fn live_status_and_logs_of_someone_elses_instance_are_not_found_and_a_demo
     )
     .await;
     assert!(recv(&mut ws).await["payload"]["data"]["instanceLogLines"].is_string());
-    app.gql(
-        Some(&admin.access),
-        "mutation($id: ID!) { updateUser(id: $id, input: {role: USER}) { id } }",
-        json!({ "id": second.user_id }),
-    )
-    .await
-    .ok();
+    app.demote(&admin, &second.user_id).await;
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let m = recv(&mut ws).await;
@@ -812,11 +810,7 @@ async fn stopped_instances_keep_their_room_and_a_deleted_one_frees_it_for_a_wait
     let plan = plan_id(&app, "n8n", "Basic").await;
     let mut ids = vec![];
     for name in ["first", "second", "third"] {
-        let r = subscribe(&app, &user, &plan, name).await.ok();
-        ids.push((
-            r.str("subscribe.subscription.id"),
-            r.str("subscribe.instance.id"),
-        ));
+        ids.push(subscribed_ids(&app, &user, &plan, name).await);
     }
     // Whichever two were placed first run; the other waits.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

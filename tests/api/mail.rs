@@ -665,12 +665,14 @@ async fn without_a_portal_podiums_own_pages_complete_verification_and_reset() {
         html.contains(&format!("value=\"{token}\"")),
         "a form posting the token"
     );
-    let form = |pairs: &[(&str, &str)]| {
-        let pairs: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        pairs
+    // A browser submitting one of the pages' forms.
+    let submit = async |path: &str, fields: &[(&str, &str)]| {
+        app.client
+            .post(format!("{}{path}", app.address))
+            .form(fields)
+            .send()
+            .await
+            .unwrap()
     };
     let verified = |app: &TestApp| {
         let app_pool = app.state.pool.clone();
@@ -686,23 +688,11 @@ async fn without_a_portal_podiums_own_pages_complete_verification_and_reset() {
         }
     };
     assert!(!verified(&app).await, "opening the link changes nothing");
-    let done = app
-        .client
-        .post(format!("{}/verify-email", app.address))
-        .form(&form(&[("token", &token)]))
-        .send()
-        .await
-        .unwrap();
+    let done = submit("/verify-email", &[("token", &token)]).await;
     assert_eq!(done.status(), 200);
     assert!(done.text().await.unwrap().contains("Address confirmed"));
     assert!(verified(&app).await);
-    let reused = app
-        .client
-        .post(format!("{}/verify-email", app.address))
-        .form(&form(&[("token", &token)]))
-        .send()
-        .await
-        .unwrap();
+    let reused = submit("/verify-email", &[("token", &token)]).await;
     assert_eq!(reused.status(), 400);
     assert!(
         reused
@@ -713,13 +703,7 @@ async fn without_a_portal_podiums_own_pages_complete_verification_and_reset() {
     );
 
     // Asking for a reset from the page, then setting the password on it.
-    let asked = app
-        .client
-        .post(format!("{}/reset-password", app.address))
-        .form(&form(&[("email", &email)]))
-        .send()
-        .await
-        .unwrap();
+    let asked = submit("/reset-password", &[("email", &email)]).await;
     assert_eq!(asked.status(), 200);
     let token = mailbox
         .wait_for(&email, "Reset your")
@@ -732,26 +716,22 @@ async fn without_a_portal_podiums_own_pages_complete_verification_and_reset() {
         .await
         .unwrap();
     assert!(page.contains("type=\"password\""));
-    let weak = app
-        .client
-        .post(format!("{}/reset-password", app.address))
-        .form(&form(&[("token", &token), ("password", "short")]))
-        .send()
-        .await
-        .unwrap();
+    let weak = submit(
+        "/reset-password",
+        &[("token", &token), ("password", "short")],
+    )
+    .await;
     assert_eq!(weak.status(), 400);
     let weak = weak.text().await.unwrap();
     assert!(
         weak.contains("The new password") && weak.contains(&format!("value=\"{token}\"")),
         "{weak}"
     );
-    let done = app
-        .client
-        .post(format!("{}/reset-password", app.address))
-        .form(&form(&[("token", &token), ("password", "BrandNew-456")]))
-        .send()
-        .await
-        .unwrap();
+    let done = submit(
+        "/reset-password",
+        &[("token", &token), ("password", "BrandNew-456")],
+    )
+    .await;
     assert_eq!(done.status(), 200);
     assert!(done.text().await.unwrap().contains("Password changed"));
     app.login(&email, "BrandNew-456").await;

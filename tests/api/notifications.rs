@@ -8,10 +8,10 @@ use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::{Value, json};
 
-use crate::billing::{adjust, plan_id, subscribe};
+use crate::billing::{adjust, plan_id};
 use crate::billing_cycle::{at, invoices, sub};
 use crate::helpers::*;
-use crate::instances::{ready_node, wait_status};
+use crate::instances::{ready_node, subscribed_ids, wait_status};
 use crate::mail_helpers::*;
 use podium::subscriptions::cycle::{run_dunning, run_renewals};
 use podium::subscriptions::reminders;
@@ -33,11 +33,7 @@ async fn customer(app: &TestApp, admin: &Session, name: &str, amount: &str) -> (
 /// Subscribes to Ghost Basic (30000.00 IDR a month); returns (subscription id, instance id).
 async fn ghost(app: &TestApp, s: &Session, name: &str) -> (String, String) {
     let plan = plan_id(app, "ghost", "Basic").await;
-    let r = subscribe(app, s, &plan, name).await.ok();
-    (
-        r.str("subscribe.subscription.id"),
-        r.str("subscribe.instance.id"),
-    )
+    subscribed_ids(app, s, &plan, name).await
 }
 
 fn day(t: DateTime<Utc>) -> String {

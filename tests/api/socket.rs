@@ -262,13 +262,7 @@ async fn socket_of_a_demoted_administrator_is_refused_admin_operations_at_once()
     let (second, _) = create_admin(&app, &admin).await;
     let mut ws = open_socket(&app, &second.access).await;
     // Demoted only: the account stays active and the socket open.
-    app.gql(
-        Some(&admin.access),
-        "mutation($id: ID!) { updateUser(id: $id, input: {role: USER}) { role } }",
-        json!({ "id": second.user_id }),
-    )
-    .await
-    .ok();
+    app.demote(&admin, &second.user_id).await;
     let rogue = format!("rogue-{}@example.com", uuid::Uuid::new_v4().simple());
     send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": {
         "query": "mutation($e: String!, $p: String!) { createUser(input: {name: \"Rogue\", email: $e, password: $p, role: ADMINISTRATOR}) { id } }",
@@ -358,13 +352,7 @@ async fn socket_of_a_demoted_administrator_reads_and_retries_no_mail() {
     );
     assert_eq!(operation_codes(&mut ws, outbox, 1).await, ["OK"]);
     assert_eq!(operation_codes(&mut ws, &retry, 1).await, ["NOT_FOUND"]);
-    app.gql(
-        Some(&admin.access),
-        "mutation($id: ID!) { updateUser(id: $id, input: {role: USER}) { role } }",
-        json!({ "id": second.user_id }),
-    )
-    .await
-    .ok();
+    app.demote(&admin, &second.user_id).await;
     assert_eq!(operation_codes(&mut ws, outbox, 1).await, ["FORBIDDEN"]);
     assert_eq!(operation_codes(&mut ws, &retry, 1).await, ["FORBIDDEN"]);
 }

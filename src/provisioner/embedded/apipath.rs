@@ -94,6 +94,11 @@ impl ApiPath {
         } else {
             &self.resource
         };
+        self.path_with(resource)
+    }
+
+    /// This path with `resource` in the resource's place.
+    fn path_with(&self, resource: &str) -> String {
         let mut p = self.prefix.clone();
         if let Some(ns) = &self.namespace {
             p.push_str("/namespaces/");
@@ -131,22 +136,7 @@ impl ApiPath {
 
     /// The public path ("/api/v1/namespaces/ns/pods/name").
     pub fn public_path(&self) -> String {
-        let mut p = self.prefix.clone();
-        if let Some(ns) = &self.namespace {
-            p.push_str("/namespaces/");
-            p.push_str(ns);
-        }
-        p.push('/');
-        p.push_str(&self.resource);
-        if let Some(n) = &self.name {
-            p.push('/');
-            p.push_str(n);
-        }
-        if let Some(s) = &self.subresource {
-            p.push('/');
-            p.push_str(s);
-        }
-        p
+        self.path_with(&self.resource)
     }
 }
 
