@@ -889,15 +889,15 @@ async fn live_subscription_events_show_nested_data_as_it_is_now() {
     )
     .await
     .ok();
-    // The subscribe's own event may still be on its way (the outbox is tailed
-    // asynchronously): read on to the suspension.
+    // The subscribe's or the cancel's event may still be on its way (the outbox is tailed
+    // asynchronously): read on to the suspension. Such a late event shows the instance as
+    // it is when it is delivered, which may already be after the suspension.
     let changed = loop {
         let next = recv(&mut ws).await;
         let changed = next["payload"]["data"]["serviceSubscriptionChanged"].clone();
         if changed["status"] == "SUSPENDED" {
             break changed;
         }
-        assert_eq!(changed["instance"]["desiredState"], "RUNNING", "{next}");
     };
     assert_eq!(
         changed["instance"]["desiredState"], "STOPPED",
