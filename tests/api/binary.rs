@@ -775,6 +775,12 @@ fn assert_no_cluster_left(data: &Path) {
         !data.join("postgres/postmaster.pid").exists(),
         "postmaster.pid is gone"
     );
+    // `pg_ctl stop -w` returns once the postmaster removed its pid file; its last children
+    // may take a moment more to exit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cluster_processes(data).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         cluster_processes(data),
         Vec::<i32>::new(),
